@@ -1,0 +1,639 @@
+//! The stripped object model: only the fields that DNS and the node daemons read.
+//!
+//! Every source (the Kubernetes API, a manifests directory) converts k8s-openapi objects into
+//! these types at ingestion, through the `TryFrom` impls below, so no k8s-openapi type travels
+//! past this crate and both sources agree on every conversion rule.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as disc;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Namespace and name of a namespaced object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why an object could not be converted into the model. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {reason}")]
+pub struct ConvertError {
+    pub kind: &'static str,
+    /// `namespace/name`, or just the name, or `<unnamed>`.
+    pub object: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(s: Option<&str>) -> Result<Self, String> {
+        match s {
+            None | Some("TCP") => Ok(Self::Tcp),
+            Some("UDP") => Ok(Self::Udp),
+            Some("SCTP") => Ok(Self::Sctp),
+            Some(other) => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
+        }
+    }
+
+    /// The SRV label for this protocol, without the underscore.
+    pub fn srv_label(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Empty when the port is unnamed (only allowed for single-port services).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub type_: ServiceType,
+    /// The cluster IPs, primary first. Empty for headless and ExternalName services.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    pub ip_families: Vec<IpFamily>,
+    pub ports: Vec<ServicePort>,
+    /// The target of an ExternalName service, without a trailing dot.
+    pub external_name: Option<String>,
+    pub publish_not_ready_addresses: bool,
+}
+
+impl Service {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressType {
+    V4,
+    V6,
+    Fqdn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Unset means "all ports" in the API; DNS gives such a port no SRV record.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Parsed addresses; empty for FQDN slices (which DNS does not serve).
+    pub addresses: Vec<IpAddr>,
+    pub hostname: Option<String>,
+    /// `conditions.ready`; `None` (unset) means ready.
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub target_ref: Option<TargetRef>,
+}
+
+impl Endpoint {
+    /// Ready as the API defines it: unset counts as ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready != Some(false)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label; slices without it belong to no service.
+    pub service: Option<String>,
+    pub address_type: AddressType,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl EndpointSlice {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
+    }
+}
+
+/// Any object of a kind the model knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Namespace(Namespace),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Pod(Pod),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::Service(_) => "Service",
+            Self::EndpointSlice(_) => "EndpointSlice",
+            Self::Pod(_) => "Pod",
+        }
+    }
+
+    /// Kind, namespace (empty for cluster-scoped kinds) and name: what makes two objects the same.
+    pub fn identity(&self) -> (&'static str, &str, &str) {
+        match self {
+            Self::Namespace(n) => ("Namespace", "", &n.name),
+            Self::Service(s) => ("Service", &s.namespace, &s.name),
+            Self::EndpointSlice(s) => ("EndpointSlice", &s.namespace, &s.name),
+            Self::Pod(p) => ("Pod", &p.namespace, &p.name),
+        }
+    }
+}
+
+/// Namespace used for namespaced objects that name none, as kubectl does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+struct Meta {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+impl Meta {
+    fn of(
+        kind: &'static str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        namespaced: bool,
+    ) -> Result<Self, ConvertError> {
+        let namespace = if namespaced {
+            meta.namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+        } else {
+            String::new()
+        };
+        let name = meta.name.clone().unwrap_or_default();
+        let this = Self {
+            kind,
+            namespace,
+            name,
+        };
+        if this.name.is_empty() {
+            return Err(this.err("metadata.name is missing"));
+        }
+        if !is_dns_label(&this.name) && kind != "EndpointSlice" && kind != "Pod" {
+            return Err(this.err(format!(
+                "metadata.name {:?} is not a DNS label (lower-case letters, digits and '-', at most 63)",
+                this.name
+            )));
+        }
+        if namespaced && !is_dns_label(&this.namespace) {
+            return Err(this.err(format!(
+                "metadata.namespace {:?} is not a DNS label",
+                this.namespace
+            )));
+        }
+        Ok(this)
+    }
+
+    fn err(&self, reason: impl Into<String>) -> ConvertError {
+        let object = match (self.namespace.is_empty(), self.name.is_empty()) {
+            (_, true) => "<unnamed>".to_string(),
+            (true, false) => self.name.clone(),
+            (false, false) => format!("{}/{}", self.namespace, self.name),
+        };
+        ConvertError {
+            kind: self.kind,
+            object,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// RFC 1123 label as Kubernetes validates names of Services and Namespaces.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn parse_ip(meta: &Meta, field: &str, s: &str) -> Result<IpAddr, ConvertError> {
+    s.parse()
+        .map_err(|_| meta.err(format!("{field} {s:?} is not an IP address")))
+}
+
+fn parse_port(meta: &Meta, field: &str, p: i32) -> Result<u16, ConvertError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| meta.err(format!("{field} {p} is not a port (1..65535)")))
+}
+
+impl TryFrom<&core::Namespace> for Namespace {
+    type Error = ConvertError;
+
+    fn try_from(ns: &core::Namespace) -> Result<Self, Self::Error> {
+        let meta = Meta::of("Namespace", &ns.metadata, false)?;
+        Ok(Self { name: meta.name })
+    }
+}
+
+impl TryFrom<&core::Service> for Service {
+    type Error = ConvertError;
+
+    fn try_from(svc: &core::Service) -> Result<Self, Self::Error> {
+        let meta = Meta::of("Service", &svc.metadata, true)?;
+        let default_spec = core::ServiceSpec::default();
+        let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+        let type_ = match spec.type_.as_deref() {
+            None | Some("ClusterIP") => ServiceType::ClusterIp,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            Some(other) => {
+                return Err(meta.err(format!("spec.type {other:?} is not a Service type")));
+            }
+        };
+
+        // clusterIPs wins over clusterIP; the API server keeps clusterIPs[0] == clusterIP.
+        let raw_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+            _ => Vec::new(),
+        };
+        let headless = raw_ips.first().is_some_and(|ip| *ip == "None");
+        let mut cluster_ips = Vec::new();
+        if type_ != ServiceType::ExternalName && !headless {
+            for (i, ip) in raw_ips.iter().enumerate() {
+                cluster_ips.push(parse_ip(&meta, &format!("spec.clusterIPs[{i}]"), ip)?);
+            }
+        }
+
+        let mut ip_families = Vec::new();
+        for (i, f) in spec.ip_families.iter().flatten().enumerate() {
+            ip_families.push(match f.as_str() {
+                "IPv4" => IpFamily::V4,
+                "IPv6" => IpFamily::V6,
+                other => {
+                    return Err(meta.err(format!(
+                        "spec.ipFamilies[{i}] {other:?} is not IPv4 or IPv6"
+                    )));
+                }
+            });
+        }
+        if ip_families.is_empty() {
+            ip_families = cluster_ips.iter().map(IpFamily::of).collect();
+        }
+
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let protocol = Protocol::parse(p.protocol.as_deref())
+                .map_err(|e| meta.err(format!("spec.ports[{i}]: {e}")))?;
+            let port = parse_port(&meta, &format!("spec.ports[{i}].port"), p.port)?;
+            ports.push(ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol,
+                port,
+            });
+        }
+
+        let external_name = if type_ == ServiceType::ExternalName {
+            let name = spec
+                .external_name
+                .as_deref()
+                .unwrap_or("")
+                .trim_end_matches('.');
+            if name.is_empty() {
+                return Err(meta.err("spec.externalName is required for type ExternalName"));
+            }
+            Some(name.to_ascii_lowercase())
+        } else {
+            None
+        };
+
+        Ok(Self {
+            namespace: meta.namespace,
+            name: meta.name,
+            type_,
+            cluster_ips,
+            headless,
+            ip_families,
+            ports,
+            external_name,
+            publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+        })
+    }
+}
+
+impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
+    type Error = ConvertError;
+
+    fn try_from(slice: &disc::EndpointSlice) -> Result<Self, Self::Error> {
+        let meta = Meta::of("EndpointSlice", &slice.metadata, true)?;
+        let address_type = match slice.address_type.as_str() {
+            "IPv4" => AddressType::V4,
+            "IPv6" => AddressType::V6,
+            "FQDN" => AddressType::Fqdn,
+            other => {
+                return Err(meta.err(format!("addressType {other:?} is not IPv4, IPv6 or FQDN")));
+            }
+        };
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .filter(|s| !s.is_empty())
+            .cloned();
+
+        let mut ports = Vec::new();
+        for (i, p) in slice.ports.iter().flatten().enumerate() {
+            let protocol = Protocol::parse(p.protocol.as_deref())
+                .map_err(|e| meta.err(format!("ports[{i}]: {e}")))?;
+            let port = match p.port {
+                Some(n) => Some(parse_port(&meta, &format!("ports[{i}].port"), n)?),
+                None => None,
+            };
+            ports.push(EndpointPort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol,
+                port,
+            });
+        }
+
+        let mut endpoints = Vec::new();
+        for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+            let mut addresses = Vec::with_capacity(ep.addresses.len());
+            if address_type != AddressType::Fqdn {
+                for (j, a) in ep.addresses.iter().enumerate() {
+                    let ip = parse_ip(&meta, &format!("endpoints[{i}].addresses[{j}]"), a)?;
+                    let family_ok = match address_type {
+                        AddressType::V4 => ip.is_ipv4(),
+                        AddressType::V6 => ip.is_ipv6(),
+                        AddressType::Fqdn => true,
+                    };
+                    if !family_ok {
+                        return Err(meta.err(format!(
+                            "endpoints[{i}].addresses[{j}] {a:?} does not match addressType {}",
+                            slice.address_type
+                        )));
+                    }
+                    addresses.push(ip);
+                }
+            }
+            let hostname = ep.hostname.clone().filter(|h| !h.is_empty());
+            if let Some(h) = &hostname
+                && !is_dns_label(h)
+            {
+                return Err(meta.err(format!("endpoints[{i}].hostname {h:?} is not a DNS label")));
+            }
+            let conditions = ep.conditions.as_ref();
+            let target_ref = ep.target_ref.as_ref().map(|r| TargetRef {
+                kind: r.kind.clone().unwrap_or_default(),
+                namespace: r
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| meta.namespace.clone()),
+                name: r.name.clone().unwrap_or_default(),
+            });
+            endpoints.push(Endpoint {
+                addresses,
+                hostname,
+                ready: conditions.and_then(|c| c.ready),
+                serving: conditions.and_then(|c| c.serving),
+                terminating: conditions.and_then(|c| c.terminating),
+                target_ref,
+            });
+        }
+
+        Ok(Self {
+            namespace: meta.namespace,
+            name: meta.name,
+            service,
+            address_type,
+            ports,
+            endpoints,
+        })
+    }
+}
+
+impl TryFrom<&core::Pod> for Pod {
+    type Error = ConvertError;
+
+    fn try_from(pod: &core::Pod) -> Result<Self, Self::Error> {
+        let meta = Meta::of("Pod", &pod.metadata, true)?;
+        let status = pod.status.as_ref();
+        let mut ips = Vec::new();
+        // podIPs[0] == podIP when both are set; fall back to podIP for older objects.
+        match status
+            .and_then(|s| s.pod_ips.as_ref())
+            .filter(|v| !v.is_empty())
+        {
+            Some(list) => {
+                for (i, p) in list.iter().enumerate() {
+                    ips.push(parse_ip(&meta, &format!("status.podIPs[{i}].ip"), &p.ip)?);
+                }
+            }
+            None => {
+                if let Some(ip) = status
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .filter(|s| !s.is_empty())
+                {
+                    ips.push(parse_ip(&meta, "status.podIP", ip)?);
+                }
+            }
+        }
+        Ok(Self {
+            namespace: meta.namespace,
+            name: meta.name,
+            ips,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Result<Service, ConvertError> {
+        let s: core::Service = serde_json::from_value(v).expect("valid Service JSON");
+        Service::try_from(&s)
+    }
+
+    #[test]
+    fn service_defaults_namespace_and_parses_dual_stack() {
+        let s = svc(json!({
+            "metadata": {"name": "web"},
+            "spec": {"clusterIPs": ["10.0.0.1", "fd00::1"], "ipFamilies": ["IPv4", "IPv6"],
+                     "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+        .expect("converts");
+        assert_eq!(s.namespace, "default");
+        assert_eq!(
+            s.cluster_ips,
+            vec![
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(s.ip_families, vec![IpFamily::V4, IpFamily::V6]);
+        assert_eq!(s.ports[1].protocol, Protocol::Udp);
+        assert!(!s.headless);
+    }
+
+    #[test]
+    fn headless_and_external_name() {
+        let h = svc(
+            json!({"metadata": {"name": "h", "namespace": "ns"}, "spec": {"clusterIP": "None"}}),
+        )
+        .expect("converts");
+        assert!(h.headless);
+        assert!(h.cluster_ips.is_empty());
+        let e = svc(json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "Example.COM."}}))
+            .expect("converts");
+        assert_eq!(e.external_name.as_deref(), Some("example.com"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = svc(json!({"metadata": {"name": "web", "namespace": "a"}, "spec": {"clusterIP": "10.0.0.300"}}))
+            .expect_err("bad IP");
+        assert_eq!(
+            e.to_string(),
+            "Service a/web: spec.clusterIPs[0] \"10.0.0.300\" is not an IP address"
+        );
+        let e = svc(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 70000}]}}))
+            .expect_err("port");
+        assert!(e.to_string().contains("spec.ports[0].port 70000"), "{e}");
+        let e = svc(json!({"metadata": {}})).expect_err("no name");
+        assert_eq!(e.to_string(), "Service <unnamed>: metadata.name is missing");
+        let e = svc(json!({"metadata": {"name": "Web"}})).expect_err("upper case");
+        assert!(e.to_string().contains("not a DNS label"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_slice_conditions_and_family_check() {
+        let s: disc::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.1.0.1"], "hostname": "web-0"},
+                {"addresses": ["10.1.0.2"], "conditions": {"ready": false, "terminating": true}}
+            ]
+        }))
+        .expect("valid");
+        let m = EndpointSlice::try_from(&s).expect("converts");
+        assert_eq!(m.service.as_deref(), Some("web"));
+        assert!(m.endpoints[0].is_ready());
+        assert!(!m.endpoints[1].is_ready());
+        assert_eq!(m.endpoints[1].terminating, Some(true));
+
+        let bad: disc::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "x"}, "addressType": "IPv6",
+            "endpoints": [{"addresses": ["10.1.0.1"]}]
+        }))
+        .expect("valid");
+        let e = EndpointSlice::try_from(&bad).expect_err("family mismatch");
+        assert!(
+            e.to_string().contains("does not match addressType IPv6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pod_ips_fall_back_to_pod_ip() {
+        let p: core::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"}, "status": {"podIP": "10.2.0.9"}
+        }))
+        .expect("valid");
+        assert_eq!(
+            Pod::try_from(&p).expect("converts").ips,
+            vec!["10.2.0.9".parse::<IpAddr>().unwrap()]
+        );
+    }
+}
