@@ -1,0 +1,222 @@
+//! The `clusterdns` command line: flags parsed raw by clap, then validated into [`ServeConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::view::{PodMode, ViewConfig};
+use crate::{ServeConfig, ServerConfig};
+
+/// Exit code for bad usage (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
+pub const EXIT_NOINPUT: u8 = 66;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterdns",
+    version,
+    about = "Authoritative DNS for the Kubernetes cluster domain"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the cluster domain over UDP and TCP.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to answer on, UDP and TCP. Repeat the flag (or separate with commas)
+    /// for several.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:53",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Directory of Kubernetes manifests (YAML or JSON, searched recursively) to serve. It is
+    /// watched: changes are answered within a second.
+    #[arg(long, env = "CLUSTERDNS_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// The cluster domain the server is authoritative for.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_CLUSTER_DOMAIN",
+        default_value = "cluster.local",
+        value_name = "NAME"
+    )]
+    pub cluster_domain: String,
+
+    /// TTL of every cluster record, and the SOA minimum (how long negative answers are cached).
+    #[arg(long, env = "CLUSTERDNS_TTL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600), value_name = "SECONDS")]
+    pub ttl: u32,
+
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: `disabled`, `insecure` (any well-formed
+    /// address) or `verified` (only addresses of pods in that namespace).
+    #[arg(
+        long,
+        env = "CLUSTERDNS_PODS",
+        default_value = "verified",
+        value_name = "MODE"
+    )]
+    pub pods: PodMode,
+
+    /// The Service whose cluster IPs `ns.dns.<zone>` answers with; the listen addresses when it
+    /// does not exist.
+    #[arg(long, env = "CLUSTERDNS_DNS_SERVICE", default_value = "kube-system/kube-dns", value_parser = parse_ns_name, value_name = "NS/NAME")]
+    pub dns_service: (String, String),
+
+    /// UDP sockets and threads per listen address (SO_REUSEPORT); 0 means one per CPU.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_UDP_WORKERS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub udp_workers: usize,
+}
+
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+/// A flag combination that cannot work, named.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("--manifests DIR is required: it is the only discovery source so far")]
+    NoSource,
+    #[error("--cluster-domain {0:?}: {1}")]
+    Zone(String, crate::wire::NameError),
+    #[error("--cluster-domain must not be the root")]
+    RootZone,
+}
+
+impl ServeArgs {
+    /// Validates the flags into a config.
+    pub fn into_config(self) -> Result<ServeConfig, UsageError> {
+        let manifests = self.manifests.ok_or(UsageError::NoSource)?;
+        let zone = self
+            .cluster_domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if zone.is_empty() {
+            return Err(UsageError::RootZone);
+        }
+        crate::wire::name_to_wire(&zone)
+            .map_err(|e| UsageError::Zone(self.cluster_domain.clone(), e))?;
+        let fallback_ns_ips: Vec<IpAddr> = self
+            .listen
+            .iter()
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let mut server = ServerConfig {
+            listen: self.listen,
+            ..ServerConfig::default()
+        };
+        if self.udp_workers > 0 {
+            server.udp_workers = self.udp_workers;
+        }
+        Ok(ServeConfig {
+            server,
+            view: ViewConfig {
+                zone,
+                ttl: self.ttl,
+                pods: self.pods,
+                dns_service: self.dns_service,
+                fallback_ns_ips,
+            },
+            manifests,
+            watch: Default::default(),
+        })
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let running = crate::start(cfg).await?;
+    wait_for_signal().await?;
+    tracing::info!("signal received; shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Parses the command line, runs it and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clusterdns: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clusterdns: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clusterdns: error: {e:#}");
+            if e.downcast_ref::<discovery::manifests::SourceError>()
+                .is_some()
+            {
+                ExitCode::from(EXIT_NOINPUT)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Sockets and tasks: the only part of the server that does I/O.
+//!
+//! ```text
+//!  snapshot watch ──> updater task ──DnsView::build──> ArcSwap<DnsView> ──load──┬─> UDP workers
+//!                     (coalesces, off the               (one pointer)           │   (one OS thread and one
+//!                      query path)                                              │    SO_REUSEPORT socket each)
+//!                                                                               └─> TCP tasks (tokio)
+//! ```
+//!
+//! UDP workers are plain threads blocking in `recv_from` on their own socket: the kernel spreads
+//! datagrams across the sockets of a port, and a worker never waits on another. TCP follows
+//! RFC 7766: many queries per connection, pipelined, an idle timeout and a cap on connections.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use discovery::ClusterSnapshot;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::answer::{Transport, handle};
+use crate::view::{DnsView, ViewConfig};
+
+/// Socket and connection settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to serve on, UDP and TCP each.
+    pub listen: Vec<SocketAddr>,
+    /// UDP sockets (and threads) per address.
+    pub udp_workers: usize,
+    /// Concurrent TCP connections across all addresses; more wait in the accept queue.
+    pub tcp_max_connections: usize,
+    /// A TCP connection with no complete query for this long is closed.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 53))],
+            udp_workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            tcp_max_connections: 1024,
+            tcp_idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        source: io::Error,
+    },
+}
+
+/// How long a blocked worker waits before looking at the stop flag.
+const UDP_POLL: Duration = Duration::from_millis(200);
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    // Bursts from many pods arrive together; a larger buffer drops fewer of them.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(UDP_POLL))?;
+    Ok(s)
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Binds UDP then TCP on the same port. With port 0 the kernel picks the UDP port; should TCP
+/// find it taken, another port is tried.
+fn bind_pair(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<UdpSocket>, std::net::TcpListener), StartError> {
+    let bind_err = |proto, source| StartError::Bind {
+        addr,
+        proto,
+        source,
+    };
+    let mut attempts = 0;
+    loop {
+        let first = udp_socket(addr).map_err(|e| bind_err("udp", e))?;
+        let local = first.local_addr().map_err(|e| bind_err("udp", e))?;
+        match tcp_listener(local) {
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..workers.max(1) {
+                    udp.push(udp_socket(local).map_err(|e| bind_err("udp", e))?);
+                }
+                return Ok((udp, tcp));
+            }
+            Err(e) if addr.port() == 0 && attempts < 16 => {
+                attempts += 1;
+                tracing::debug!(%local, error = %e, "tcp port taken; trying another");
+            }
+            Err(e) => return Err(bind_err("tcp", e)),
+        }
+    }
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    local: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    stop_tx: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every address and starts answering from `view`. Must be called inside a tokio
+    /// runtime.
+    pub fn start(cfg: &ServerConfig, view: Arc<ArcSwap<DnsView>>) -> Result<Self, StartError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut local = Vec::new();
+        let mut threads = Vec::new();
+        let mut tasks = Vec::new();
+        let conns = Arc::new(Semaphore::new(cfg.tcp_max_connections.max(1)));
+        for addr in &cfg.listen {
+            let (udp, tcp) = bind_pair(*addr, cfg.udp_workers)?;
+            let bound = tcp.local_addr().map_err(|source| StartError::Bind {
+                addr: *addr,
+                proto: "tcp",
+                source,
+            })?;
+            local.push(bound);
+            for (i, sock) in udp.into_iter().enumerate() {
+                let (view, stop) = (Arc::clone(&view), Arc::clone(&stop));
+                let t = std::thread::Builder::new()
+                    .name(format!("udp-{i}"))
+                    .spawn(move || udp_worker(sock, view, stop))
+                    .map_err(|source| StartError::Bind {
+                        addr: *addr,
+                        proto: "udp",
+                        source,
+                    })?;
+                threads.push(t);
+            }
+            let tcp = TcpListener::from_std(tcp).map_err(|source| StartError::Bind {
+                addr: *addr,
+                proto: "tcp",
+                source,
+            })?;
+            tasks.push(tokio::spawn(tcp_accept(
+                tcp,
+                Arc::clone(&view),
+                Arc::clone(&conns),
+                cfg.tcp_idle_timeout,
+                stop_rx.clone(),
+            )));
+            tracing::info!(%bound, workers = cfg.udp_workers, "listening (udp, tcp)");
+        }
+        Ok(Self {
+            local,
+            stop,
+            stop_tx,
+            threads,
+            tasks,
+        })
+    }
+
+    /// The bound addresses, in the order of [`ServerConfig::listen`] (ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// Stops accepting, closes every socket and waits for the workers.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let (n, peer) = match sock.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; keep serving.
+                tracing::debug!(error = %e, "udp receive error");
+                continue;
+            }
+        };
+        let v = view.load();
+        if handle(&v, &buf[..n], Transport::Udp, &mut out)
+            && let Err(e) = sock.send_to(&out, peer)
+        {
+            tracing::debug!(%peer, error = %e, "udp send error");
+        }
+    }
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    view: Arc<ArcSwap<DnsView>>,
+    conns: Arc<Semaphore>,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn_tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&conns).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tcp accept error");
+                    // Out of descriptors and similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let (view, mut stop) = (Arc::clone(&view), stop.clone());
+        conn_tasks.spawn(async move {
+            tokio::select! {
+                r = tcp_conn(stream, &view, idle) => {
+                    if let Err(e) = r { tracing::debug!(%peer, error = %e, "tcp connection closed"); }
+                }
+                _ = stop.changed() => {}
+            }
+            drop(permit);
+        });
+        while conn_tasks.try_join_next().is_some() {}
+    }
+    conn_tasks.shutdown().await;
+}
+
+async fn tcp_conn(
+    mut stream: TcpStream,
+    view: &ArcSwap<DnsView>,
+    idle: Duration,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+            Err(_) => return Ok(()), // idle
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(r) => {
+                r?;
+            }
+        }
+        let n = u16::from_be_bytes(len) as usize;
+        match tokio::time::timeout(idle, stream.read_exact(&mut buf[..n])).await {
+            Err(_) => return Ok(()),
+            Ok(r) => {
+                r?;
+            }
+        }
+        let answered = handle(&view.load(), &buf[..n], Transport::Tcp, &mut out);
+        if answered {
+            let mut msg = Vec::with_capacity(out.len() + 2);
+            msg.extend_from_slice(&(out.len() as u16).to_be_bytes());
+            msg.extend_from_slice(&out);
+            stream.write_all(&msg).await?;
+        }
+    }
+}
+
+/// Rebuilds the view from every snapshot after the one `snapshots` has seen, and swaps it in,
+/// until the snapshots end.
+/// Snapshots that arrive while a build runs are coalesced: only the newest is built.
+pub async fn run_view_updater(
+    mut snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    cfg: ViewConfig,
+    view: Arc<ArcSwap<DnsView>>,
+) {
+    while snapshots.changed().await.is_ok() {
+        let snap = snapshots.borrow_and_update().clone();
+        let cfg2 = cfg.clone();
+        let started = std::time::Instant::now();
+        let built =
+            tokio::task::spawn_blocking(move || DnsView::build(&snap, &cfg2).map(|v| (v, snap)))
+                .await;
+        match built {
+            Ok(Ok((v, snap))) => {
+                let names = v.names.len();
+                view.store(Arc::new(v));
+                tracing::info!(
+                    generation = snap.generation,
+                    synced = snap.synced,
+                    names,
+                    build_ms = started.elapsed().as_millis() as u64,
+                    "dns view updated"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot build the dns view; keeping the previous one")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dns view build panicked; keeping the previous one")
+            }
+        }
+    }
+}
