@@ -53,6 +53,16 @@ impl Answer<'_> {
         }
     }
 
+    /// Before the first full sync, absence proves nothing: SERVFAIL, never a false NXDOMAIN.
+    fn not_synced() -> Self {
+        Self {
+            rcode: Rcode::ServFail,
+            authoritative: false,
+            records: Records::None,
+            soa: None,
+        }
+    }
+
     fn negative(rcode: Rcode, zone: usize) -> Self {
         Self {
             rcode,
@@ -89,6 +99,7 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
             node.get(qtype).or(node.fallback.as_deref())
         };
         return match set {
+            Some(rr) if rr.rcode == Rcode::NxDomain && !view.synced => Answer::not_synced(),
             Some(rr) => Answer {
                 rcode: rr.rcode,
                 authoritative: true,
@@ -107,21 +118,10 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
     {
         return a;
     }
-    // Before the first full sync, absence proves nothing: never a false NXDOMAIN.
-    let rcode = if view.synced {
-        Rcode::NxDomain
-    } else {
-        Rcode::ServFail
-    };
-    if rcode == Rcode::ServFail {
-        return Answer {
-            rcode,
-            authoritative: false,
-            records: Records::None,
-            soa: None,
-        };
+    if !view.synced {
+        return Answer::not_synced();
     }
-    Answer::negative(rcode, zone)
+    Answer::negative(Rcode::NxDomain, zone)
 }
 
 /// `<ip>.<ns>.pod.<zone>`; `None` when the name is not a pod name that exists.
