@@ -58,9 +58,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut snapshots = discovery::manifests::watch_dir(&cfg.manifests, cfg.watch.clone())?;
     let first = snapshots.borrow_and_update().clone();
     let vcfg = cfg.view.clone();
+    let started = std::time::Instant::now();
     let view = tokio::task::spawn_blocking(move || DnsView::build(&first, &vcfg))
         .await
         .context("building the first dns view")??;
+    tracing::info!(
+        names = view.names.len(),
+        build_ms = started.elapsed().as_millis() as u64,
+        "dns view built"
+    );
     let view = Arc::new(ArcSwap::from_pointee(view));
     let updater = tokio::spawn(server::run_view_updater(
         snapshots,
