@@ -91,7 +91,8 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
     let lname = &buf[..len];
 
     if let Some(node) = view.names.get(lname) {
-        let zone = zone_of(view, lname).unwrap_or(CLUSTER_ZONE);
+        // Only negative answers need the zone (for the SOA): a hit does not look for it.
+        let zone = || zone_of(view, lname).unwrap_or(CLUSTER_ZONE);
         let set = if qtype == rtype::ANY {
             // RFC 8482: one RRset is enough.
             node.rrsets.first().or(node.fallback.as_deref())
@@ -104,9 +105,9 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
                 rcode: rr.rcode,
                 authoritative: true,
                 records: Records::Set(rr),
-                soa: rr.negative.then_some(zone),
+                soa: rr.negative.then(zone),
             },
-            None => Answer::negative(Rcode::NoError, zone),
+            None => Answer::negative(Rcode::NoError, zone()),
         };
     }
 
@@ -134,10 +135,17 @@ fn pod_answer<'v>(view: &'v DnsView, lname: &[u8], qtype: u16) -> Option<Answer<
         return None;
     }
     let mut it = labels(&lname[..at]);
-    let (ip_label, ns_label) = (it.next()?, it.next()?);
+    let first = it.next()?;
+    let Some(ns_label) = it.next() else {
+        // `<ns>.pod.<zone>`: in insecure mode names exist below every namespace label, so the
+        // namespace name exists too (RFC 8020: NXDOMAIN would deny everything below it).
+        return (view.pods == PodMode::Insecure)
+            .then(|| Answer::negative(Rcode::NoError, CLUSTER_ZONE));
+    };
     if it.next().is_some() {
         return None;
     }
+    let ip_label = first;
     let ip = parse_pod_label(ip_label)?;
     if view.pods == PodMode::Verified
         && !view

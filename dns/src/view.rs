@@ -232,7 +232,7 @@ struct Builder<'c> {
 }
 
 impl Builder<'_> {
-    /// The draft for `labels` + zone, creating it.
+    /// The draft of a name (lower-case wire form), created empty if new: the name exists.
     fn name(&mut self, wire: Vec<u8>) -> &mut Draft {
         self.names.entry(wire).or_default()
     }
@@ -392,6 +392,14 @@ impl Builder<'_> {
                 && let Some(n) = self.cluster_name(&[ns, "pod"])
             {
                 self.name(n);
+            }
+        }
+        if cfg.pods == PodMode::Verified {
+            // A pod name implies its namespace name, even without a Namespace object.
+            for pod in snap.objects.pods.values().filter(|p| !p.ips.is_empty()) {
+                if let Some(n) = self.cluster_name(&[&pod.namespace, "pod"]) {
+                    self.name(n);
+                }
             }
         }
         for svc in snap.objects.services.values() {
