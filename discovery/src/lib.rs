@@ -4,7 +4,7 @@
 //!  manifests dir ──inotify──┐
 //!                           ├─> strip to model types ─> ObjectStore ─> Publisher ─watch─> consumers
 //!  Kubernetes API ──watch───┘   (model.rs, k8s-openapi   (snapshot.rs: indexes,
-//!  (later)                      types stop here)          generation, synced)
+//!  (kubernetes.rs)              types stop here)          generation, synced)
 //! ```
 //!
 //! Every source converts k8s-openapi objects into the stripped types of [`model`] at ingestion,
@@ -12,6 +12,7 @@
 //! Consumers receive `Arc<ClusterSnapshot>` values through a `tokio::sync::watch` channel and
 //! derive their own views from them off their hot paths.
 
+pub mod kubernetes;
 pub mod manifests;
 pub mod model;
 pub mod snapshot;

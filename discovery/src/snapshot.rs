@@ -60,6 +60,9 @@ pub struct ClusterSnapshot {
     /// missing object as absent before this (DNS answers SERVFAIL instead of NXDOMAIN).
     pub synced: bool,
     pub objects: ObjectStore,
+    /// When the changes this snapshot carries happened (at most a few hundred; empty when the
+    /// source does not know). Consumers measure their programming latency from these.
+    pub changed_at: Vec<SystemTime>,
     /// EndpointSlices by the `namespace/name` of the Service they belong to, in slice-name order.
     pub slices_by_service: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
 }
@@ -81,6 +84,7 @@ impl ClusterSnapshot {
             serial,
             synced,
             objects,
+            changed_at: Vec::new(),
             slices_by_service,
         }
     }
@@ -113,6 +117,16 @@ impl Publisher {
 
     /// Builds and sends the next snapshot. Receivers that lag only ever see the newest one.
     pub fn publish(&self, objects: ObjectStore, synced: bool) -> Arc<ClusterSnapshot> {
+        self.publish_changes(objects, synced, Vec::new())
+    }
+
+    /// [`Publisher::publish`], saying when the changes in it happened.
+    pub fn publish_changes(
+        &self,
+        objects: ObjectStore,
+        synced: bool,
+        changed_at: Vec<SystemTime>,
+    ) -> Arc<ClusterSnapshot> {
         let prev = self.tx.borrow().clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -120,12 +134,9 @@ impl Publisher {
             .unwrap_or(0);
         let now = u32::try_from(now).unwrap_or(u32::MAX);
         let serial = now.max(prev.serial.wrapping_add(1));
-        let snap = Arc::new(ClusterSnapshot::new(
-            objects,
-            prev.generation + 1,
-            serial,
-            synced,
-        ));
+        let mut snap = ClusterSnapshot::new(objects, prev.generation + 1, serial, synced);
+        snap.changed_at = changed_at;
+        let snap = Arc::new(snap);
         self.tx.send_replace(Arc::clone(&snap));
         snap
     }

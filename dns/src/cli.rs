@@ -3,11 +3,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::view::{PodMode, ViewConfig};
-use crate::{ServeConfig, ServerConfig};
+use crate::{ServeConfig, ServerConfig, Source};
 
 /// Exit code for bad usage (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -44,10 +45,41 @@ pub struct ServeArgs {
     )]
     pub listen: Vec<SocketAddr>,
 
-    /// Directory of Kubernetes manifests (YAML or JSON, searched recursively) to serve. It is
-    /// watched: changes are answered within a second.
-    #[arg(long, env = "CLUSTERDNS_MANIFESTS", value_name = "DIR")]
+    /// Directory of Kubernetes manifests (YAML or JSON, searched recursively) to serve instead
+    /// of the Kubernetes API. It is watched: changes are answered within a second.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_MANIFESTS",
+        value_name = "DIR",
+        conflicts_with = "kubeconfig"
+    )]
     pub manifests: Option<PathBuf>,
+
+    /// Kubeconfig file for the Kubernetes API. Without it (and without --manifests) the pod's
+    /// service account is used when running in a cluster (KUBERNETES_SERVICE_HOST is set).
+    #[arg(long, env = "CLUSTERDNS_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Serve only these namespaces (comma-separated or repeated); the API is then watched per
+    /// namespace and Namespace objects are not read. Default: all.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS,..."
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Name endpoints that have no hostname after their pod (`targetRef`), as CoreDNS's
+    /// `endpoint_pod_names`, instead of after their address.
+    #[arg(long, env = "CLUSTERDNS_ENDPOINT_POD_NAMES")]
+    pub endpoint_pod_names: bool,
+
+    /// How long to wait at start for the first complete list of every watched kind. Until then
+    /// cluster names that would be NXDOMAIN answer SERVFAIL; after it, the server answers from
+    /// what it has. Written like `500ms`, `5s`, `1m`.
+    #[arg(long, env = "CLUSTERDNS_STARTUP_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub startup_timeout: Duration,
 
     /// The cluster domain the server is authoritative for.
     #[arg(
@@ -87,6 +119,11 @@ pub struct ServeArgs {
     pub udp_workers: usize,
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 1m: {e}"))
+}
+
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -99,8 +136,12 @@ fn parse_ns_name(s: &str) -> Result<(String, String), String> {
 /// A flag combination that cannot work, named.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    #[error("--manifests DIR is required: it is the only discovery source so far")]
+    #[error(
+        "no discovery source: pass --manifests DIR or --kubeconfig PATH, or run in a pod (KUBERNETES_SERVICE_HOST is not set)"
+    )]
     NoSource,
+    #[error("--namespaces: {0:?} is not a namespace name")]
+    Namespace(String),
     #[error("--cluster-domain {0:?}: {1}")]
     Zone(String, crate::wire::NameError),
     #[error("--cluster-domain must not be the root")]
@@ -110,7 +151,27 @@ pub enum UsageError {
 impl ServeArgs {
     /// Validates the flags into a config.
     pub fn into_config(self) -> Result<ServeConfig, UsageError> {
-        let manifests = self.manifests.ok_or(UsageError::NoSource)?;
+        for ns in &self.namespaces {
+            if !discovery::model::is_dns_label(ns) {
+                return Err(UsageError::Namespace(ns.clone()));
+            }
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let source = match (self.manifests, self.kubeconfig) {
+            (Some(dir), _) => Source::Manifests {
+                dir,
+                watch: Default::default(),
+            },
+            (None, kubeconfig) if kubeconfig.is_some() || in_cluster => Source::Kubernetes {
+                kubeconfig,
+                options: discovery::kubernetes::KubeOptions {
+                    namespaces: self.namespaces.clone(),
+                    pods: self.pods == PodMode::Verified,
+                    ..Default::default()
+                },
+            },
+            (None, _) => return Err(UsageError::NoSource),
+        };
         let zone = self
             .cluster_domain
             .trim_end_matches('.')
@@ -141,9 +202,12 @@ impl ServeArgs {
                 pods: self.pods,
                 dns_service: self.dns_service,
                 fallback_ns_ips,
+                namespaces: (!self.namespaces.is_empty())
+                    .then(|| self.namespaces.into_iter().collect()),
+                endpoint_pod_names: self.endpoint_pod_names,
             },
-            manifests,
-            watch: Default::default(),
+            source,
+            startup_timeout: self.startup_timeout,
         })
     }
 }
@@ -212,6 +276,8 @@ pub fn main() -> ExitCode {
             eprintln!("clusterdns: error: {e:#}");
             if e.downcast_ref::<discovery::manifests::SourceError>()
                 .is_some()
+                || e.downcast_ref::<discovery::kubernetes::ClientError>()
+                    .is_some()
             {
                 ExitCode::from(EXIT_NOINPUT)
             } else {

@@ -10,31 +10,51 @@
 //! - [`view`]: every answer of the zone precomputed as wire bytes from one snapshot.
 //! - [`answer`]: query bytes to reply bytes against one view.
 //! - [`server`]: sockets, workers and the task that swaps views in.
+//! - [`metrics`]: what the server measures.
 //! - [`cli`]: the `clusterdns` command line.
 
 pub mod answer;
 pub mod cli;
+pub mod metrics;
 pub mod server;
 pub mod view;
 pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 pub use answer::{Answer, Transport, answer, handle};
+pub use metrics::Metrics;
 pub use server::{Server, ServerConfig};
 pub use view::{DnsView, PodMode, ViewConfig};
+
+/// Where the cluster comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A watched directory of manifests.
+    Manifests {
+        dir: PathBuf,
+        watch: discovery::manifests::WatchOptions,
+    },
+    /// The Kubernetes API, from a kubeconfig file or (`None`) the pod's service account.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        options: discovery::kubernetes::KubeOptions,
+    },
+}
 
 /// Everything `clusterdns serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub server: ServerConfig,
     pub view: ViewConfig,
-    pub manifests: PathBuf,
-    pub watch: discovery::manifests::WatchOptions,
+    pub source: Source,
+    /// How long to wait for the first full sync before answering from what is listed so far.
+    pub startup_timeout: Duration,
 }
 
 /// A running server with its discovery source.
@@ -42,6 +62,7 @@ pub struct ServeConfig {
 pub struct Running {
     pub server: Server,
     pub view: Arc<ArcSwap<DnsView>>,
+    pub metrics: Arc<Metrics>,
     updater: tokio::task::JoinHandle<()>,
 }
 
@@ -52,10 +73,22 @@ impl Running {
     }
 }
 
-/// Starts discovery, builds the first view, then opens the sockets: the first query already
-/// sees the whole manifests directory. Must be called inside a tokio runtime.
+/// Starts discovery, builds the first view, then opens the sockets. A manifests directory is
+/// read whole before the first query; the Kubernetes API is listed while the server already
+/// answers (cluster names that would be NXDOMAIN get SERVFAIL until it has synced, or until
+/// `startup_timeout`). Must be called inside a tokio runtime.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
-    let mut snapshots = discovery::manifests::watch_dir(&cfg.manifests, cfg.watch.clone())?;
+    let mut snapshots = match &cfg.source {
+        Source::Manifests { dir, watch } => discovery::manifests::watch_dir(dir, watch.clone())?,
+        Source::Kubernetes {
+            kubeconfig,
+            options,
+        } => {
+            let client = discovery::kubernetes::client(kubeconfig.as_deref()).await?;
+            discovery::kubernetes::watch_api(client, options.clone())
+        }
+    };
+    let deadline = tokio::time::Instant::now() + cfg.startup_timeout;
     let first = snapshots.borrow_and_update().clone();
     let vcfg = cfg.view.clone();
     let started = std::time::Instant::now();
@@ -64,14 +97,18 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         .context("building the first dns view")??;
     tracing::info!(
         names = view.names.len(),
+        synced = view.synced,
         build_ms = started.elapsed().as_millis() as u64,
         "dns view built"
     );
     let view = Arc::new(ArcSwap::from_pointee(view));
+    let metrics = Arc::new(Metrics::default());
     let updater = tokio::spawn(server::run_view_updater(
         snapshots,
         cfg.view.clone(),
         Arc::clone(&view),
+        Arc::clone(&metrics),
+        Some(deadline),
     ));
     let server = match Server::start(&cfg.server, Arc::clone(&view)) {
         Ok(s) => s,
@@ -83,6 +120,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     Ok(Running {
         server,
         view,
+        metrics,
         updater,
     })
 }

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer::{Transport, handle};
+use crate::metrics::Metrics;
 use crate::view::{DnsView, ViewConfig};
 
 /// Socket and connection settings.
@@ -317,14 +318,30 @@ async fn tcp_conn(
 }
 
 /// Rebuilds the view from every snapshot after the one `snapshots` has seen, and swaps it in,
-/// until the snapshots end.
-/// Snapshots that arrive while a build runs are coalesced: only the newest is built.
+/// until the snapshots end. Snapshots that arrive while a build runs are coalesced: only the
+/// newest is built.
+///
+/// Until a snapshot is synced, negative answers are SERVFAIL; when `startup_deadline` passes
+/// first, the view answers from what has been listed so far (a warning says so).
 pub async fn run_view_updater(
     mut snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
     cfg: ViewConfig,
     view: Arc<ArcSwap<DnsView>>,
+    metrics: Arc<Metrics>,
+    startup_deadline: Option<tokio::time::Instant>,
 ) {
-    while snapshots.changed().await.is_ok() {
+    let mut partial_ok = false;
+    let mut was_synced = snapshots.borrow().synced;
+    loop {
+        let waiting = !was_synced && !partial_ok;
+        let deadline = startup_deadline.filter(|_| waiting);
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                partial_ok = true;
+                tracing::warn!("discovery has not synced within the start-up timeout; answering from what is listed so far");
+            }
+        }
         let snap = snapshots.borrow_and_update().clone();
         let cfg2 = cfg.clone();
         let started = std::time::Instant::now();
@@ -332,10 +349,21 @@ pub async fn run_view_updater(
             tokio::task::spawn_blocking(move || DnsView::build(&snap, &cfg2).map(|v| (v, snap)))
                 .await;
         match built {
-            Ok(Ok((v, snap))) => {
+            Ok(Ok((mut v, snap))) => {
+                v.synced |= partial_ok;
                 let names = v.names.len();
                 view.store(Arc::new(v));
-                tracing::info!(
+                let now = std::time::SystemTime::now();
+                for t in &snap.changed_at {
+                    metrics
+                        .programming_duration
+                        .observe(now.duration_since(*t).unwrap_or_default());
+                }
+                if snap.synced && !was_synced {
+                    tracing::info!(generation = snap.generation, names, "dns view synced");
+                }
+                was_synced |= snap.synced;
+                tracing::debug!(
                     generation = snap.generation,
                     synced = snap.synced,
                     names,

@@ -69,6 +69,18 @@ pub struct ViewConfig {
     pub dns_service: (String, String),
     /// What `ns.dns.<zone>` answers when that Service does not exist.
     pub fallback_ns_ips: Vec<IpAddr>,
+    /// Serve only these namespaces; `None` serves all.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// Name an endpoint without a hostname after its pod (`targetRef`) instead of its address.
+    pub endpoint_pod_names: bool,
+}
+
+impl ViewConfig {
+    fn serves(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|n| n.contains(namespace))
+    }
 }
 
 impl Default for ViewConfig {
@@ -79,6 +91,8 @@ impl Default for ViewConfig {
             pods: PodMode::Verified,
             dns_service: ("kube-system".into(), "kube-dns".into()),
             fallback_ns_ips: Vec::new(),
+            namespaces: None,
+            endpoint_pod_names: false,
         }
     }
 }
@@ -286,8 +300,19 @@ impl Builder<'_> {
                 if !(ep.is_ready() || svc.publish_not_ready_addresses) {
                     continue;
                 }
+                // --endpoint-pod-names: a pod's name is a label when it is a DNS label.
+                let pod_name = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| self.cfg.endpoint_pod_names && r.kind == "Pod")
+                    .map(|r| r.name.as_str())
+                    .filter(|n| discovery::model::is_dns_label(n));
                 for ip in &ep.addresses {
-                    let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
+                    let host = match (&ep.hostname, pod_name) {
+                        (Some(h), _) => h.clone(),
+                        (None, Some(p)) => p.to_string(),
+                        (None, None) => dashed(ip),
+                    };
                     eps.push(Ep {
                         host,
                         ip: *ip,
@@ -384,7 +409,7 @@ impl Builder<'_> {
                 self.name(n);
             }
         }
-        for ns in &snap.objects.namespaces {
+        for ns in snap.objects.namespaces.iter().filter(|n| cfg.serves(n)) {
             if let Some(n) = self.cluster_name(&[ns, "svc"]) {
                 self.name(n);
             }
@@ -396,13 +421,23 @@ impl Builder<'_> {
         }
         if cfg.pods == PodMode::Verified {
             // A pod name implies its namespace name, even without a Namespace object.
-            for pod in snap.objects.pods.values().filter(|p| !p.ips.is_empty()) {
+            for pod in snap
+                .objects
+                .pods
+                .values()
+                .filter(|p| !p.ips.is_empty() && cfg.serves(&p.namespace))
+            {
                 if let Some(n) = self.cluster_name(&[&pod.namespace, "pod"]) {
                     self.name(n);
                 }
             }
         }
-        for svc in snap.objects.services.values() {
+        for svc in snap
+            .objects
+            .services
+            .values()
+            .filter(|s| cfg.serves(&s.namespace))
+        {
             self.add_service(snap, svc);
         }
         let rev4 = b"\x07in-addr\x04arpa\x00".to_vec();
@@ -474,7 +509,12 @@ impl Builder<'_> {
         let mut pod_ips: FxHashMap<IpAddr, Vec<Box<[u8]>>> = FxHashMap::default();
         if cfg.pods == PodMode::Verified {
             let mut seen = FxHashSet::default();
-            for pod in snap.objects.pods.values() {
+            for pod in snap
+                .objects
+                .pods
+                .values()
+                .filter(|p| cfg.serves(&p.namespace))
+            {
                 for ip in &pod.ips {
                     if seen.insert((*ip, pod.namespace.as_str())) {
                         let label = pod

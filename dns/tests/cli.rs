@@ -28,18 +28,67 @@ fn bad_usage_exits_64_naming_the_problem() {
             &["serve", "--manifests", "x", "--dns-service", "kube-dns"][..],
             "NAMESPACE/NAME",
         ),
-        (&["serve"][..], "--manifests DIR is required"),
+        (
+            &["serve", "--manifests", "x", "--kubeconfig", "y"][..],
+            "cannot be used with",
+        ),
+        (
+            &["serve", "--kubeconfig", "y", "--namespaces", "Bad_NS"][..],
+            "is not a namespace name",
+        ),
+        (
+            &["serve", "--manifests", "x", "--startup-timeout", "soon"][..],
+            "not a duration",
+        ),
         (
             &["serve", "--manifests", "x", "--cluster-domain", "a..b"][..],
             "empty label",
         ),
         (&["frobnicate"][..], "frobnicate"),
     ] {
-        let out = bin().args(args).output().expect("runs");
+        let out = bin()
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn no_discovery_source_is_bad_usage_outside_a_cluster() {
+    let out = bin()
+        .args(["serve"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(
+            "no discovery source: pass --manifests DIR or --kubeconfig PATH, or run in a pod"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_kubeconfig_exits_66() {
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "{err}");
+    assert!(err.contains("kubeconfig /nonexistent/kubeconfig"), "{err}");
 }
 
 #[test]
@@ -70,6 +119,10 @@ fn help_documents_every_flag() {
     for flag in [
         "--listen",
         "--manifests",
+        "--kubeconfig",
+        "--namespaces",
+        "--endpoint-pod-names",
+        "--startup-timeout",
         "--cluster-domain",
         "--ttl",
         "--pods",
@@ -81,6 +134,8 @@ fn help_documents_every_flag() {
     for env in [
         "CLUSTERDNS_LISTEN",
         "CLUSTERDNS_MANIFESTS",
+        "CLUSTERDNS_KUBECONFIG",
+        "CLUSTERDNS_STARTUP_TIMEOUT",
         "CLUSTERDNS_TTL",
     ] {
         assert!(help.contains(env), "{env} missing from --help");

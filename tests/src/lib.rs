@@ -19,6 +19,8 @@
 //! question echoed byte for byte, and an OPT (version 0, payload 1232, DO copied) exactly when
 //! the query had one.
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -374,26 +376,57 @@ pub fn dig(server: SocketAddr, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A server on `127.0.0.1:0` serving `manifests`, with fast manifest watching.
-pub async fn start_server(
-    manifests: &Path,
-    tweak: impl FnOnce(&mut clusterdns::ServeConfig),
-) -> clusterdns::Running {
-    let mut cfg = clusterdns::ServeConfig {
+fn test_config(source: clusterdns::Source) -> clusterdns::ServeConfig {
+    clusterdns::ServeConfig {
         server: clusterdns::ServerConfig {
             listen: vec!["127.0.0.1:0".parse().expect("addr")],
             udp_workers: 2,
             ..Default::default()
         },
         view: clusterdns::ViewConfig::default(),
-        manifests: manifests.to_path_buf(),
+        source,
+        startup_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A server on `127.0.0.1:0` serving `manifests`, with fast manifest watching.
+pub async fn start_server(
+    manifests: &Path,
+    tweak: impl FnOnce(&mut clusterdns::ServeConfig),
+) -> clusterdns::Running {
+    let mut cfg = test_config(clusterdns::Source::Manifests {
+        dir: manifests.to_path_buf(),
         watch: discovery::manifests::WatchOptions {
             debounce: Duration::from_millis(50),
             rescan: Duration::from_secs(5),
         },
-    };
+    });
     tweak(&mut cfg);
     clusterdns::start(cfg).await.expect("server starts")
+}
+
+/// A server on `127.0.0.1:0` watching the Kubernetes API through `kubeconfig`.
+pub async fn start_kube_server(
+    kubeconfig: &Path,
+    tweak: impl FnOnce(&mut clusterdns::ServeConfig),
+) -> clusterdns::Running {
+    let mut cfg = test_config(clusterdns::Source::Kubernetes {
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        options: discovery::kubernetes::KubeOptions::default(),
+    });
+    tweak(&mut cfg);
+    clusterdns::start(cfg).await.expect("server starts")
+}
+
+/// One query over UDP: the rcode and the answer records' data, sorted (`10.0.0.1`, a target...).
+pub fn lookup(server: SocketAddr, name: &str, qtype: &str) -> (u8, Vec<String>) {
+    let q = build_query(0x5151, name, qtype, Some(1232), false, true);
+    let r = udp_exchange(server, &q).unwrap_or_else(|e| panic!("{name} {qtype}: {e:#}"));
+    let m = Message::from_vec(&r)
+        .unwrap_or_else(|e| panic!("{name} {qtype}: reply does not parse: {e}"));
+    let mut data: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+    data.sort();
+    (r[3] & 0x0F, data)
 }
 
 /// Polls `f` every 20 ms until it returns true, for at most `limit`. A generous bound on a
