@@ -212,9 +212,13 @@ impl ServeArgs {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set. kube-client logs an ERROR line for every failed
+/// request, retries included; discovery logs each failure streak once, with its context.
+pub const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
