@@ -509,3 +509,86 @@ async fn endpoint_pod_names() {
     );
     srv.shutdown().await;
 }
+
+fn soa_serial(addr: SocketAddr) -> u32 {
+    let q = integration::build_query(3, "cluster.local.", "SOA", Some(1232), false, true);
+    let r = udp_exchange(addr, &q).expect("soa");
+    let m = hickory_proto::op::Message::from_vec(&r).expect("parses");
+    match &m.answers[0].data {
+        hickory_proto::rr::RData::SOA(soa) => soa.serial,
+        other => panic!("not an SOA: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_coalesced_and_the_serial_follows_the_data() {
+    let api = ApiServer::start().await;
+    api.apply(ns("a"));
+    api.apply(headless("a", "web"));
+    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
+    synced(&srv).await;
+    let addr = srv.server.local_addrs()[0];
+    let serial = soa_serial(addr);
+    let generation = srv.view.load().generation;
+
+    // A rollout: 2000 EndpointSlice updates at once. The last state is what must be served.
+    for i in 0..2000u32 {
+        let ip = format!("10.1.{}.{}", 16 + i / 250, 1 + i % 250);
+        api.apply(slice(
+            "a",
+            &format!("web-{}", i % 20),
+            "web",
+            json!([{"addresses": [ip]}]),
+        ));
+    }
+    let last: Vec<String> = (1980..2000u32)
+        .map(|i| format!("10.1.{}.{}", 16 + i / 250, 1 + i % 250))
+        .collect();
+    let mut want = last.clone();
+    want.sort();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    until(addr, "web.a.svc.cluster.local.", "A", NOERROR, &want).await;
+    let built = srv.view.load().generation - generation;
+    assert!(
+        built < 200,
+        "2000 changes made {built} snapshots: not coalesced"
+    );
+    assert!(
+        soa_serial(addr) > serial,
+        "the SOA serial moves with the data"
+    );
+
+    // A change that DNS cannot see (a label) publishes nothing.
+    let generation = srv.view.load().generation;
+    let mut s = svc("a", "other", "10.96.16.1");
+    api.apply(s.clone());
+    until(
+        addr,
+        "other.a.svc.cluster.local.",
+        "A",
+        NOERROR,
+        &["10.96.16.1"],
+    )
+    .await;
+    let generation_after_add = srv.view.load().generation;
+    assert!(generation_after_add > generation);
+    s["metadata"]["labels"] = json!({"team": "blue"});
+    api.apply(s);
+    // Well past the 50 ms coalescing window, so a snapshot for the label would be its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.apply(svc("a", "marker", "10.96.16.2"));
+    until(
+        addr,
+        "marker.a.svc.cluster.local.",
+        "A",
+        NOERROR,
+        &["10.96.16.2"],
+    )
+    .await;
+    assert_eq!(
+        srv.view.load().generation,
+        generation_after_add + 1,
+        "only the marker made a snapshot"
+    );
+    srv.shutdown().await;
+}
