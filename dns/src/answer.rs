@@ -41,34 +41,35 @@ pub struct Answer<'v> {
     pub records: Records<'v>,
     /// The zone (index into [`DnsView::zones`]) whose SOA goes in AUTHORITY.
     pub soa: Option<usize>,
+    /// The zone the question is in; `None` outside every zone the view serves.
+    pub zone: Option<usize>,
 }
 
 impl Answer<'_> {
-    fn refused() -> Self {
+    /// An answer with no records.
+    fn empty(rcode: Rcode, zone: Option<usize>) -> Self {
         Self {
-            rcode: Rcode::Refused,
+            rcode,
             authoritative: false,
             records: Records::None,
             soa: None,
+            zone,
         }
     }
 
     /// Before the first full sync, absence proves nothing: SERVFAIL, never a false NXDOMAIN.
-    fn not_synced() -> Self {
-        Self {
-            rcode: Rcode::ServFail,
-            authoritative: false,
-            records: Records::None,
-            soa: None,
-        }
+    fn not_synced(zone: usize) -> Self {
+        Self::empty(Rcode::ServFail, Some(zone))
     }
 
+    /// NXDOMAIN or NODATA: authoritative, with the zone's SOA.
     fn negative(rcode: Rcode, zone: usize) -> Self {
         Self {
             rcode,
             authoritative: true,
             records: Records::None,
             soa: Some(zone),
+            zone: Some(zone),
         }
     }
 }
@@ -84,15 +85,14 @@ fn zone_of(view: &DnsView, lname: &[u8]) -> Option<usize> {
 /// Pure and synchronous: the whole of the server's knowledge is `view`.
 pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> Answer<'v> {
     if qclass != CLASS_IN && qclass != CLASS_ANY {
-        return Answer::refused();
+        return Answer::empty(Rcode::Refused, None);
     }
     let mut buf = [0u8; MAX_NAME_LEN];
     let len = lowercase_into(qname, &mut buf);
     let lname = &buf[..len];
 
     if let Some(node) = view.names.get(lname) {
-        // Only negative answers need the zone (for the SOA): a hit does not look for it.
-        let zone = || zone_of(view, lname).unwrap_or(CLUSTER_ZONE);
+        let zone = node.zone as usize;
         let set = if qtype == rtype::ANY {
             // RFC 8482: one RRset is enough.
             node.rrsets.first().or(node.fallback.as_deref())
@@ -100,19 +100,20 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
             node.get(qtype).or(node.fallback.as_deref())
         };
         return match set {
-            Some(rr) if rr.rcode == Rcode::NxDomain && !view.synced => Answer::not_synced(),
+            Some(rr) if rr.rcode == Rcode::NxDomain && !view.synced => Answer::not_synced(zone),
             Some(rr) => Answer {
                 rcode: rr.rcode,
                 authoritative: true,
                 records: Records::Set(rr),
-                soa: rr.negative.then(zone),
+                soa: rr.negative.then_some(zone),
+                zone: Some(zone),
             },
-            None => Answer::negative(Rcode::NoError, zone()),
+            None => Answer::negative(Rcode::NoError, zone),
         };
     }
 
     let Some(zone) = zone_of(view, lname) else {
-        return Answer::refused();
+        return Answer::empty(Rcode::Refused, None);
     };
     if zone == CLUSTER_ZONE
         && let Some(a) = pod_answer(view, lname, qtype)
@@ -120,7 +121,7 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
         return a;
     }
     if !view.synced {
-        return Answer::not_synced();
+        return Answer::not_synced(zone);
     }
     Answer::negative(Rcode::NxDomain, zone)
 }
@@ -135,7 +136,7 @@ fn pod_answer<'v>(view: &'v DnsView, lname: &[u8], qtype: u16) -> Option<Answer<
         return None;
     }
     let mut it = labels(&lname[..at]);
-    let first = it.next()?;
+    let ip_label = it.next()?;
     let Some(ns_label) = it.next() else {
         // `<ns>.pod.<zone>`: in insecure mode names exist below every namespace label, so the
         // namespace name exists too (RFC 8020: NXDOMAIN would deny everything below it).
@@ -145,7 +146,6 @@ fn pod_answer<'v>(view: &'v DnsView, lname: &[u8], qtype: u16) -> Option<Answer<
     if it.next().is_some() {
         return None;
     }
-    let ip_label = first;
     let ip = parse_pod_label(ip_label)?;
     if view.pods == PodMode::Verified
         && !view
@@ -162,6 +162,7 @@ fn pod_answer<'v>(view: &'v DnsView, lname: &[u8], qtype: u16) -> Option<Answer<
             authoritative: true,
             records: Records::Pod(ip),
             soa: None,
+            zone: Some(CLUSTER_ZONE),
         }
     } else {
         Answer::negative(Rcode::NoError, CLUSTER_ZONE)
@@ -282,40 +283,54 @@ pub fn encode(view: &DnsView, q: &Query<'_>, a: &Answer<'_>, max: usize, out: &m
     }
 }
 
-/// Handles one query packet. Returns false when nothing must be sent back.
-pub fn handle(view: &DnsView, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+/// What [`handle`] answered, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// The question's type; 0 when the question did not parse.
+    pub qtype: u16,
+    /// The zone the question is in (index into [`DnsView::zones`]).
+    pub zone: Option<usize>,
+    pub rcode: Rcode,
+}
+
+/// Handles one query packet, writing the reply into `out`. `None` when nothing must be sent
+/// back (not a query).
+pub fn handle(
+    view: &DnsView,
+    packet: &[u8],
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Option<Handled> {
     out.clear();
     let q = match parse_query(packet) {
         Ok(q) => q,
-        Err(Reject::Drop) => return false,
+        Err(Reject::Drop) => return None,
         Err(Reject::Header { id, flags, rcode }) => {
             let flags = FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | rcode as u16;
             put_header(out, id, flags, [0; 4]);
-            return true;
+            return Some(Handled {
+                qtype: 0,
+                zone: None,
+                rcode,
+            });
         }
     };
     let a = if q.edns.is_some_and(|e| e.version > 0) {
-        Answer {
-            rcode: Rcode::BadVers,
-            authoritative: false,
-            records: Records::None,
-            soa: None,
-        }
+        Answer::empty(Rcode::BadVers, None)
     } else if q.qtype == rtype::AXFR || q.qtype == rtype::IXFR {
         let rcode = if transport == Transport::Udp {
             Rcode::NotImp
         } else {
             Rcode::Refused
         };
-        Answer {
-            rcode,
-            authoritative: false,
-            records: Records::None,
-            soa: None,
-        }
+        Answer::empty(rcode, None)
     } else {
         answer(view, q.qname, q.qtype, q.qclass)
     };
     encode(view, &q, &a, max_reply(&q, transport), out);
-    true
+    Some(Handled {
+        qtype: q.qtype,
+        zone: a.zone,
+        rcode: a.rcode,
+    })
 }

@@ -109,6 +109,24 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTERDNS_DNS_SERVICE", default_value = "kube-system/kube-dns", value_parser = parse_ns_name, value_name = "NS/NAME")]
     pub dns_service: (String, String),
 
+    /// Where to serve `/health`, `/ready` and `/metrics` (plain HTTP); `off` for nowhere.
+    #[arg(long, env = "CLUSTERDNS_ADMIN_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_admin, value_name = "ADDR:PORT|off")]
+    pub admin_listen: AdminListen,
+
+    /// After SIGTERM, how long to keep answering (with `/ready` failing) before stopping, so
+    /// that clients and load balancers move away first.
+    #[arg(long, env = "CLUSTERDNS_LAMEDUCK", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lameduck: Duration,
+
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, env = "CLUSTERDNS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
+    pub log_format: String,
+
+    /// Log queries (target `clusterdns::query`, level info): `--query-log` logs every query,
+    /// `--query-log=0.01` about one in a hundred. Off by default.
+    #[arg(long, env = "CLUSTERDNS_QUERY_LOG", num_args = 0..=1, default_missing_value = "1", value_parser = parse_fraction, value_name = "FRACTION")]
+    pub query_log: Option<f64>,
+
     /// UDP sockets and threads per listen address (SO_REUSEPORT); 0 means one per CPU.
     #[arg(
         long,
@@ -117,6 +135,26 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub udp_workers: usize,
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| format!("{s:?} is not ADDR:PORT or off"))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -187,8 +225,12 @@ impl ServeArgs {
             .map(SocketAddr::ip)
             .filter(|ip| !ip.is_unspecified())
             .collect();
+        let query_log_every = self
+            .query_log
+            .map_or(0, |f| (1.0 / f).round().max(1.0) as u64);
         let mut server = ServerConfig {
             listen: self.listen,
+            query_log_every,
             ..ServerConfig::default()
         };
         if self.udp_workers > 0 {
@@ -208,6 +250,7 @@ impl ServeArgs {
             },
             source,
             startup_timeout: self.startup_timeout,
+            admin_listen: self.admin_listen.0,
         })
     }
 }
@@ -216,29 +259,41 @@ impl ServeArgs {
 /// request, retries included; discovery logs each failure streak once, with its context.
 pub const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
 
-fn init_logging() {
+fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.init();
     }
 }
 
-async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP is acknowledged.
+async fn serve(cfg: ServeConfig, lameduck: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let running = crate::start(cfg).await?;
-    wait_for_signal().await?;
-    tracing::info!("signal received; shutting down");
-    running.shutdown().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // Manifests and the API are watched continuously; there is no config file yet.
+                tracing::info!("SIGHUP: nothing to reload (discovery is watched continuously)");
+            }
+        }
+    }
+    running.graceful_shutdown(lameduck).await;
     Ok(())
 }
 
@@ -256,6 +311,7 @@ pub fn main() -> ExitCode {
         }
     };
     let Command::Serve(args) = cli.command;
+    let (lameduck, log_format) = (args.lameduck, args.log_format.clone());
     let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -263,7 +319,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging();
+    init_logging(&log_format);
+    crate::metrics::count_panics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -274,7 +331,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg)) {
+    match rt.block_on(serve(cfg, lameduck)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clusterdns: error: {e:#}");

@@ -11,8 +11,10 @@
 //! - [`answer`]: query bytes to reply bytes against one view.
 //! - [`server`]: sockets, workers and the task that swaps views in.
 //! - [`metrics`]: what the server measures.
+//! - [`admin`]: `/health`, `/ready` and `/metrics`.
 //! - [`cli`]: the `clusterdns` command line.
 
+pub mod admin;
 pub mod answer;
 pub mod cli;
 pub mod metrics;
@@ -20,8 +22,10 @@ pub mod server;
 pub mod view;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,21 +59,51 @@ pub struct ServeConfig {
     pub source: Source,
     /// How long to wait for the first full sync before answering from what is listed so far.
     pub startup_timeout: Duration,
+    /// Where to serve `/health`, `/ready` and `/metrics`; `None` for nowhere.
+    pub admin_listen: Option<SocketAddr>,
 }
 
-/// A running server with its discovery source.
+/// A running server with its discovery source and admin endpoint.
 #[derive(Debug)]
 pub struct Running {
     pub server: Server,
     pub view: Arc<ArcSwap<DnsView>>,
     pub metrics: Arc<Metrics>,
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    shutting_down: Arc<AtomicBool>,
     updater: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// Where the admin endpoint listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.0)
+    }
+
+    /// Starts the lameduck period: `/ready` fails from now on, DNS keeps answering.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops answering: UDP workers stop, TCP connections finish their query in flight (within
+    /// the drain time), the admin endpoint closes.
     pub async fn shutdown(self) {
+        self.begin_shutdown();
         self.updater.abort();
         self.server.shutdown().await;
+        if let Some((_, task)) = self.admin {
+            task.abort();
+        }
+    }
+
+    /// What SIGTERM does: fail `/ready`, keep answering for `lameduck` so that load balancers
+    /// and clients move away, then stop.
+    pub async fn graceful_shutdown(self, lameduck: Duration) {
+        self.begin_shutdown();
+        tracing::info!(lameduck = ?lameduck, "shutting down: not ready, still answering");
+        tokio::time::sleep(lameduck).await;
+        self.shutdown().await;
+        tracing::info!("stopped");
     }
 }
 
@@ -102,7 +136,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         "dns view built"
     );
     let view = Arc::new(ArcSwap::from_pointee(view));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&cfg.view.zone));
     let updater = tokio::spawn(server::run_view_updater(
         snapshots,
         cfg.view.clone(),
@@ -110,17 +144,42 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         Arc::clone(&metrics),
         Some(deadline),
     ));
-    let server = match Server::start(&cfg.server, Arc::clone(&view)) {
+    let server = match Server::start(&cfg.server, Arc::clone(&view), Arc::clone(&metrics)) {
         Ok(s) => s,
         Err(e) => {
             updater.abort();
             return Err(e.into());
         }
     };
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let admin = match cfg.admin_listen {
+        Some(addr) => {
+            let listener = match admin::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    updater.abort();
+                    server.shutdown().await;
+                    return Err(anyhow::anyhow!("cannot listen on {addr} (admin): {e}"));
+                }
+            };
+            let bound = listener.local_addr()?;
+            let state = admin::AdminState {
+                view: Arc::clone(&view),
+                metrics: Arc::clone(&metrics),
+                liveness: server.liveness(),
+                shutting_down: Arc::clone(&shutting_down),
+            };
+            tracing::info!(%bound, "admin endpoint listening (/health, /ready, /metrics)");
+            Some((bound, tokio::spawn(admin::serve(listener, state))))
+        }
+        None => None,
+    };
     Ok(Running {
         server,
         view,
         metrics,
+        admin,
+        shutting_down,
         updater,
     })
 }

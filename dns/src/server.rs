@@ -14,9 +14,9 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use discovery::ClusterSnapshot;
@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::answer::{Transport, handle};
-use crate::metrics::Metrics;
+use crate::answer::{Handled, Transport, handle};
+use crate::metrics::{Metrics, Observation, QueryStats};
 use crate::view::{DnsView, ViewConfig};
 
 /// Socket and connection settings.
@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub tcp_max_connections: usize,
     /// A TCP connection with no complete query for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// Log one query in this many (0: no query log).
+    pub query_log_every: u64,
+    /// On shutdown, how long open TCP connections may take to finish the query in flight.
+    pub tcp_drain: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,8 @@ impl Default for ServerConfig {
                 .unwrap_or(1),
             tcp_max_connections: 1024,
             tcp_idle_timeout: Duration::from_secs(10),
+            query_log_every: 0,
+            tcp_drain: Duration::from_secs(5),
         }
     }
 }
@@ -127,10 +133,42 @@ fn bind_pair(
     }
 }
 
+/// Whether the listeners run: shared with the admin endpoint's `/health`.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    alive: Arc<AtomicUsize>,
+    expected: usize,
+    stop: Arc<AtomicBool>,
+}
+
+impl Liveness {
+    /// True while every UDP worker and TCP acceptor runs and no stop was asked.
+    pub fn is_running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && self.alive.load(Ordering::Relaxed) == self.expected
+    }
+}
+
+/// Counts a running worker; uncounted when the worker ends, however it ends.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl AliveGuard {
+    fn new(alive: &Arc<AtomicUsize>) -> Self {
+        alive.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(alive))
+    }
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 #[derive(Debug)]
 pub struct Server {
     local: Vec<SocketAddr>,
+    liveness: Liveness,
     stop: Arc<AtomicBool>,
     stop_tx: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -140,10 +178,15 @@ pub struct Server {
 impl Server {
     /// Binds every address and starts answering from `view`. Must be called inside a tokio
     /// runtime.
-    pub fn start(cfg: &ServerConfig, view: Arc<ArcSwap<DnsView>>) -> Result<Self, StartError> {
+    pub fn start(
+        cfg: &ServerConfig,
+        view: Arc<ArcSwap<DnsView>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut local = Vec::new();
+        let alive = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
         let conns = Arc::new(Semaphore::new(cfg.tcp_max_connections.max(1)));
@@ -157,9 +200,18 @@ impl Server {
             local.push(bound);
             for (i, sock) in udp.into_iter().enumerate() {
                 let (view, stop) = (Arc::clone(&view), Arc::clone(&stop));
+                let guard = AliveGuard::new(&alive);
+                let obs = Observer::new(
+                    metrics.register(&bound.to_string(), "udp"),
+                    cfg.query_log_every,
+                    "udp",
+                );
                 let t = std::thread::Builder::new()
                     .name(format!("udp-{i}"))
-                    .spawn(move || udp_worker(sock, view, stop))
+                    .spawn(move || {
+                        let _alive = guard;
+                        udp_worker(sock, view, stop, obs)
+                    })
                     .map_err(|source| StartError::Bind {
                         addr: *addr,
                         proto: "udp",
@@ -172,22 +224,47 @@ impl Server {
                 proto: "tcp",
                 source,
             })?;
-            tasks.push(tokio::spawn(tcp_accept(
+            let obs = Observer::new(
+                metrics.register(&bound.to_string(), "tcp"),
+                cfg.query_log_every,
+                "tcp",
+            );
+            let guard = AliveGuard::new(&alive);
+            let accept = tcp_accept(
                 tcp,
                 Arc::clone(&view),
                 Arc::clone(&conns),
-                cfg.tcp_idle_timeout,
+                TcpLimits {
+                    idle: cfg.tcp_idle_timeout,
+                    drain: cfg.tcp_drain,
+                },
                 stop_rx.clone(),
-            )));
+                obs,
+            );
+            tasks.push(tokio::spawn(async move {
+                let _alive = guard;
+                accept.await
+            }));
             tracing::info!(%bound, workers = cfg.udp_workers, "listening (udp, tcp)");
         }
+        let expected = alive.load(Ordering::Relaxed);
         Ok(Self {
             local,
+            liveness: Liveness {
+                alive,
+                expected,
+                stop: Arc::clone(&stop),
+            },
             stop,
             stop_tx,
             threads,
             tasks,
         })
+    }
+
+    /// A handle that tells whether the listeners run.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness.clone()
     }
 
     /// The bound addresses, in the order of [`ServerConfig::listen`] (ports resolved).
@@ -212,7 +289,61 @@ impl Server {
     }
 }
 
-fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool>) {
+/// Records what each query got (metrics, and the sampled query log).
+#[derive(Debug, Clone)]
+struct Observer {
+    stats: Arc<QueryStats>,
+    log_every: u64,
+    seen: Arc<AtomicU64>,
+    proto: &'static str,
+}
+
+impl Observer {
+    fn new(stats: Arc<QueryStats>, log_every: u64, proto: &'static str) -> Self {
+        Self {
+            stats,
+            log_every,
+            seen: Arc::new(AtomicU64::new(0)),
+            proto,
+        }
+    }
+
+    fn observe(&self, peer: SocketAddr, query: &[u8], reply: &[u8], h: &Handled, started: Instant) {
+        let duration = started.elapsed();
+        self.stats.record(&Observation {
+            zone: h.zone,
+            ipv6_client: peer.is_ipv6() && !peer.ip().to_canonical().is_ipv4(),
+            qtype: h.qtype,
+            rcode: h.rcode,
+            request_len: query.len(),
+            response_len: reply.len(),
+            duration,
+        });
+        if self.log_every > 0
+            && self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.log_every)
+        {
+            let name = crate::wire::parse_query(query)
+                .map(|q| crate::wire::wire_to_string(q.qname))
+                .unwrap_or_default();
+            tracing::info!(
+                target: "clusterdns::query",
+                client = %peer,
+                proto = self.proto,
+                name = %name,
+                qtype = h.qtype,
+                rcode = ?h.rcode,
+                size = reply.len(),
+                duration_us = duration.as_micros() as u64,
+                "query"
+            );
+        }
+    }
+}
+
+fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool>, obs: Observer) {
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
@@ -234,21 +365,31 @@ fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool
                 continue;
             }
         };
+        let started = Instant::now();
         let v = view.load();
-        if handle(&v, &buf[..n], Transport::Udp, &mut out)
-            && let Err(e) = sock.send_to(&out, peer)
-        {
+        let Some(h) = handle(&v, &buf[..n], Transport::Udp, &mut out) else {
+            continue;
+        };
+        if let Err(e) = sock.send_to(&out, peer) {
             tracing::debug!(%peer, error = %e, "udp send error");
         }
+        obs.observe(peer, &buf[..n], &out, &h, started);
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TcpLimits {
+    idle: Duration,
+    drain: Duration,
 }
 
 async fn tcp_accept(
     listener: TcpListener,
     view: Arc<ArcSwap<DnsView>>,
     conns: Arc<Semaphore>,
-    idle: Duration,
+    limits: TcpLimits,
     mut stop: watch::Receiver<bool>,
+    obs: Observer,
 ) {
     let mut conn_tasks = tokio::task::JoinSet::new();
     loop {
@@ -268,37 +409,55 @@ async fn tcp_accept(
             },
             _ = stop.changed() => break,
         };
-        let (view, mut stop) = (Arc::clone(&view), stop.clone());
+        let (view, stop, obs) = (Arc::clone(&view), stop.clone(), obs.clone());
         conn_tasks.spawn(async move {
-            tokio::select! {
-                r = tcp_conn(stream, &view, idle) => {
-                    if let Err(e) = r { tracing::debug!(%peer, error = %e, "tcp connection closed"); }
-                }
-                _ = stop.changed() => {}
+            if let Err(e) = tcp_conn(stream, peer, &view, limits.idle, stop, &obs).await {
+                tracing::debug!(%peer, error = %e, "tcp connection closed");
             }
             drop(permit);
         });
         while conn_tasks.try_join_next().is_some() {}
     }
+    // Draining: connections finish the query in flight and close; stragglers are cut.
+    drop(listener);
+    let drained = tokio::time::timeout(limits.drain, async {
+        while conn_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(
+            left = conn_tasks.len(),
+            "tcp connections cut after the drain timeout"
+        );
+    }
     conn_tasks.shutdown().await;
 }
 
+/// Serves one connection until the peer closes it, it idles, or the server stops (then after
+/// the reply to the query in flight).
 async fn tcp_conn(
     mut stream: TcpStream,
+    peer: SocketAddr,
     view: &ArcSwap<DnsView>,
     idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    obs: &Observer,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
-            Err(_) => return Ok(()), // idle
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(r) => {
-                r?;
-            }
+        tokio::select! {
+            r = tokio::time::timeout(idle, stream.read_exact(&mut len)) => match r {
+                Err(_) => return Ok(()), // idle
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(r) => { r?; }
+            },
+            _ = stop.changed() => return Ok(()),
         }
         let n = u16::from_be_bytes(len) as usize;
         match tokio::time::timeout(idle, stream.read_exact(&mut buf[..n])).await {
@@ -307,13 +466,15 @@ async fn tcp_conn(
                 r?;
             }
         }
-        let answered = handle(&view.load(), &buf[..n], Transport::Tcp, &mut out);
-        if answered {
-            let mut msg = Vec::with_capacity(out.len() + 2);
-            msg.extend_from_slice(&(out.len() as u16).to_be_bytes());
-            msg.extend_from_slice(&out);
-            stream.write_all(&msg).await?;
-        }
+        let started = Instant::now();
+        let Some(h) = handle(&view.load(), &buf[..n], Transport::Tcp, &mut out) else {
+            continue;
+        };
+        let mut msg = Vec::with_capacity(out.len() + 2);
+        msg.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        msg.extend_from_slice(&out);
+        stream.write_all(&msg).await?;
+        obs.observe(peer, &buf[..n], &out, &h, started);
     }
 }
 
@@ -344,12 +505,14 @@ pub async fn run_view_updater(
         }
         let snap = snapshots.borrow_and_update().clone();
         let cfg2 = cfg.clone();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let built =
             tokio::task::spawn_blocking(move || DnsView::build(&snap, &cfg2).map(|v| (v, snap)))
                 .await;
         match built {
             Ok(Ok((mut v, snap))) => {
+                // Negative answers once listed, or once the start-up wait is over; readiness
+                // (`listed`) waits for the real thing.
                 v.synced |= partial_ok;
                 let names = v.names.len();
                 view.store(Arc::new(v));

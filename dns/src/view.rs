@@ -120,6 +120,8 @@ pub struct Rrset {
 /// A name that exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
+    /// The zone the name is in (index into [`DnsView::zones`]).
+    pub zone: u8,
     /// Sorted by type.
     pub rrsets: Box<[Rrset]>,
     /// The answer for every type without its own RRset: the CNAME of an ExternalName service.
@@ -158,8 +160,11 @@ pub struct DnsView {
     /// Pod addresses and the namespaces (lower-case labels) that have a pod with it.
     pub pod_ips: FxHashMap<IpAddr, Vec<Box<[u8]>>>,
     pub ttl: u32,
-    /// False until the source has listed everything: negative answers become SERVFAIL.
+    /// False until negative answers may be given: the source has listed everything, or the
+    /// start-up wait is over. Until then they are SERVFAIL.
     pub synced: bool,
+    /// True once the source has listed everything (what readiness reports).
+    pub listed: bool,
     pub generation: u64,
 }
 
@@ -502,7 +507,11 @@ impl Builder<'_> {
         let mut names = FxHashMap::default();
         names.reserve(self.names.len());
         for (name, d) in &self.names {
-            let node = self.node(name, d, &ns_dns, &soa);
+            let mut node = self.node(name, d, &ns_dns, &soa);
+            node.zone = [&zones[V4_REVERSE_ZONE].apex, &zones[V6_REVERSE_ZONE].apex]
+                .iter()
+                .position(|apex| is_subdomain(name, apex))
+                .map_or(CLUSTER_ZONE, |i| i + 1) as u8;
             names.insert(name.clone().into_boxed_slice(), node);
         }
 
@@ -536,6 +545,7 @@ impl Builder<'_> {
             pod_ips,
             ttl: cfg.ttl,
             synced: snap.synced,
+            listed: snap.synced,
             generation: snap.generation,
         }
     }
@@ -636,6 +646,7 @@ impl Builder<'_> {
         rrsets.sort_by_key(|r| r.qtype);
 
         let mut node = Node {
+            zone: CLUSTER_ZONE as u8,
             rrsets: Vec::new().into(),
             fallback: None,
         };

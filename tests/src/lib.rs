@@ -386,6 +386,7 @@ fn test_config(source: clusterdns::Source) -> clusterdns::ServeConfig {
         view: clusterdns::ViewConfig::default(),
         source,
         startup_timeout: Duration::from_secs(5),
+        admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
     }
 }
 
@@ -427,6 +428,49 @@ pub fn lookup(server: SocketAddr, name: &str, qtype: &str) -> (u8, Vec<String>) 
     let mut data: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
     data.sort();
     (r[3] & 0x0F, data)
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample, found by metric name and labels (absent counts as 0).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 /// Polls `f` every 20 ms until it returns true, for at most `limit`. A generous bound on a

@@ -32,7 +32,10 @@ fn view(pods: PodMode, synced: bool) -> DnsView {
 fn run(view: &DnsView, cases: &[Case]) {
     run_table(cases, |_, q| {
         let mut out = Vec::new();
-        anyhow::ensure!(handle(view, q, Transport::Udp, &mut out), "no reply");
+        anyhow::ensure!(
+            handle(view, q, Transport::Udp, &mut out).is_some(),
+            "no reply"
+        );
         Ok(out)
     });
 }
@@ -70,7 +73,7 @@ fn unsynced_view_never_says_nxdomain() {
     for c in load_cases("contract.cases") {
         let q = case_query(&c, 7);
         let mut out = Vec::new();
-        assert!(handle(&v, &q, Transport::Udp, &mut out));
+        assert!(handle(&v, &q, Transport::Udp, &mut out).is_some());
         let rcode = out[3] & 0x0F;
         assert_ne!(
             rcode, 3,
