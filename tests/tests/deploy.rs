@@ -82,3 +82,225 @@ fn kustomization_lists_every_manifest_in_base() {
         .collect();
     assert_eq!(listed, files.iter().map(String::as_str).collect());
 }
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+/// Every document of every manifest in base/, parsed into its typed object.
+#[test]
+fn every_manifest_parses_into_its_typed_object() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    let mut kinds = Vec::new();
+    for f in std::fs::read_dir(&dir).expect("dir").flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || name == "kustomization.yaml" {
+            continue;
+        }
+        for d in docs(&format!("base/{name}")) {
+            let kind = d["kind"].as_str().unwrap_or_default().to_string();
+            let ok = match kind.as_str() {
+                "Deployment" => serde_json::from_value::<Deployment>(d).map(drop),
+                "Service" => serde_json::from_value::<Service>(d).map(drop),
+                "ServiceAccount" => serde_json::from_value::<ServiceAccount>(d).map(drop),
+                "ClusterRole" => serde_json::from_value::<ClusterRole>(d).map(drop),
+                "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(d).map(drop),
+                "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(d).map(drop),
+                other => panic!("{name}: unexpected kind {other}"),
+            };
+            ok.unwrap_or_else(|e| panic!("{name}: {kind}: {e}"));
+            kinds.push(kind);
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+}
+
+fn deployment() -> Deployment {
+    serde_json::from_value(of_kind(&docs("base/deployment.yaml"), "Deployment"))
+        .expect("Deployment")
+}
+
+#[test]
+fn deployment_flags_ports_and_probes_match_the_binary() {
+    use clap::Parser as _;
+    let d = deployment();
+    let spec = &d.spec;
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    let c = &pod.containers[0];
+    let args = c.args.clone().expect("args");
+
+    // The args are what the binary accepts.
+    let cli = clusterdns::cli::Cli::try_parse_from(
+        std::iter::once("clusterdns".to_string()).chain(args.clone()),
+    )
+    .unwrap_or_else(|e| panic!("the Deployment's args do not parse: {e}"));
+    let clusterdns::cli::Command::Serve(serve) = cli.command;
+    let dns_port = serve.listen[0].port() as i32;
+    let admin_port = serve.admin_listen.0.expect("admin endpoint on").port() as i32;
+
+    // Ports: DNS over UDP and TCP on the listen port, and the admin port.
+    let ports: Vec<(String, i32, String)> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.container_port,
+                p.protocol.clone().unwrap_or("TCP".into()),
+            )
+        })
+        .collect();
+    assert!(
+        ports.contains(&("dns".into(), dns_port, "UDP".into())),
+        "{ports:?}"
+    );
+    assert!(
+        ports.contains(&("dns-tcp".into(), dns_port, "TCP".into())),
+        "{ports:?}"
+    );
+    assert!(
+        ports.contains(&("metrics".into(), admin_port, "TCP".into())),
+        "{ports:?}"
+    );
+
+    // Probes hit the admin endpoint's paths.
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let g = p
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("httpGet probe");
+        (g.path.unwrap_or_default(), g.port)
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(
+        probe(&c.liveness_probe),
+        ("/health".into(), IntOrString::String("metrics".into()))
+    );
+    assert_eq!(
+        probe(&c.readiness_probe),
+        ("/ready".into(), IntOrString::String("metrics".into()))
+    );
+
+    // Lameduck fits in the grace period, with the TCP drain.
+    let grace = pod.termination_grace_period_seconds.expect("grace period");
+    assert!(
+        serve.lameduck.as_secs() as i64 + 5 < grace,
+        "lameduck {:?} vs grace {grace}",
+        serve.lameduck
+    );
+
+    // Non-root, read-only, only NET_BIND_SERVICE; critical priority; spread; two or more.
+    let psc = pod.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_BIND_SERVICE".to_string()][..])
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-cluster-critical")
+    );
+    assert!(
+        pod.affinity
+            .as_ref()
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .is_some(),
+        "anti-affinity"
+    );
+    assert!(spec.replicas.unwrap_or(1) >= 2);
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("Default"),
+        "the DNS server must not resolve through itself"
+    );
+
+    // The service account is the one the RBAC binds.
+    let sa = of_kind(&docs("base/rbac.yaml"), "ServiceAccount");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        sa["metadata"]["name"].as_str()
+    );
+}
+
+#[test]
+fn service_and_pdb_select_the_pods_and_target_their_ports() {
+    let d = deployment();
+    let labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
+    let container_ports: Vec<String> = d.spec.template.spec.as_ref().expect("pod").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+
+    let svc: Service =
+        serde_json::from_value(of_kind(&docs("base/service.yaml"), "Service")).expect("Service");
+    assert_eq!(
+        (
+            svc.metadata.name.as_deref(),
+            svc.metadata.namespace.as_deref()
+        ),
+        (Some("kube-dns"), Some("kube-system"))
+    );
+    let spec = svc.spec.expect("spec");
+    for (k, v) in spec.selector.expect("selector") {
+        assert_eq!(
+            labels.get(&k),
+            Some(&v),
+            "the Service selects the pods ({k})"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for p in spec.ports.expect("ports") {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let Some(IntOrString::String(target)) = p.target_port else {
+            panic!("{:?}: target a named port", p.name)
+        };
+        assert!(
+            container_ports.contains(&target),
+            "{target} is not a container port"
+        );
+        seen.insert((p.port, p.protocol.unwrap_or_default()));
+    }
+    assert!(
+        seen.contains(&(53, "UDP".into()))
+            && seen.contains(&(53, "TCP".into()))
+            && seen.contains(&(9153, "TCP".into())),
+        "{seen:?}"
+    );
+
+    let pdb: PodDisruptionBudget =
+        serde_json::from_value(of_kind(&docs("base/pdb.yaml"), "PodDisruptionBudget"))
+            .expect("PDB");
+    for (k, v) in pdb
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.match_labels)
+        .expect("matchLabels")
+    {
+        assert_eq!(labels.get(&k), Some(&v), "the PDB selects the pods ({k})");
+    }
+}
