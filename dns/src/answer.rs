@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+use crate::forward::{ClientFlags, Forwarder, Question};
 use crate::view::{
     CLUSTER_ZONE, DnsView, PodMode, Rrset, V4_REVERSE_ZONE, V6_REVERSE_ZONE, parse_pod_label,
 };
@@ -43,6 +44,12 @@ pub struct Answer<'v> {
     pub soa: Option<usize>,
     /// The zone the question is in; `None` outside every zone the view serves.
     pub zone: Option<usize>,
+    /// A forwarder may answer this instead: the name is outside every zone, or a reverse name
+    /// the cluster does not know.
+    pub forwardable: bool,
+    /// A CNAME chain that leaves the zone at this name (lower-case wire): a forwarder may
+    /// append the target's records.
+    pub external: Option<&'v [u8]>,
 }
 
 impl Answer<'_> {
@@ -54,6 +61,8 @@ impl Answer<'_> {
             records: Records::None,
             soa: None,
             zone,
+            forwardable: false,
+            external: None,
         }
     }
 
@@ -70,6 +79,8 @@ impl Answer<'_> {
             records: Records::None,
             soa: Some(zone),
             zone: Some(zone),
+            forwardable: false,
+            external: None,
         }
     }
 }
@@ -107,13 +118,26 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
                 records: Records::Set(rr),
                 soa: rr.negative.then_some(zone),
                 zone: Some(zone),
+                forwardable: false,
+                external: rr
+                    .external
+                    .as_deref()
+                    .filter(|_| qtype == rtype::A || qtype == rtype::AAAA),
             },
-            None => Answer::negative(Rcode::NoError, zone),
+            None => Answer {
+                // An empty non-terminal of a reverse zone is only there because the cluster
+                // knows an address below it: the name is the upstream's to answer.
+                forwardable: zone != CLUSTER_ZONE && node.rrsets.is_empty(),
+                ..Answer::negative(Rcode::NoError, zone)
+            },
         };
     }
 
     let Some(zone) = zone_of(view, lname) else {
-        return Answer::empty(Rcode::Refused, None);
+        return Answer {
+            forwardable: true,
+            ..Answer::empty(Rcode::Refused, None)
+        };
     };
     if zone == CLUSTER_ZONE
         && let Some(a) = pod_answer(view, lname, qtype)
@@ -121,9 +145,15 @@ pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> A
         return a;
     }
     if !view.synced {
-        return Answer::not_synced(zone);
+        return Answer {
+            forwardable: zone != CLUSTER_ZONE,
+            ..Answer::not_synced(zone)
+        };
     }
-    Answer::negative(Rcode::NxDomain, zone)
+    Answer {
+        forwardable: zone != CLUSTER_ZONE,
+        ..Answer::negative(Rcode::NxDomain, zone)
+    }
 }
 
 /// `<ip>.<ns>.pod.<zone>`; `None` when the name is not a pod name that exists.
@@ -163,6 +193,8 @@ fn pod_answer<'v>(view: &'v DnsView, lname: &[u8], qtype: u16) -> Option<Answer<
             records: Records::Pod(ip),
             soa: None,
             zone: Some(CLUSTER_ZONE),
+            forwardable: false,
+            external: None,
         }
     } else {
         Answer::negative(Rcode::NoError, CLUSTER_ZONE)
@@ -173,6 +205,7 @@ const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
 const FLAG_TC: u16 = 0x0200;
 const FLAG_RD: u16 = 0x0100;
+const FLAG_RA: u16 = 0x0080;
 const FLAG_CD: u16 = 0x0010;
 const OPCODE_MASK: u16 = 0x7800;
 
@@ -224,9 +257,19 @@ fn pod_record(ip: &IpAddr, ttl: u32, buf: &mut [u8; 28]) -> usize {
 }
 
 /// Writes the reply for `a` into `out` (cleared first).
-pub fn encode(view: &DnsView, q: &Query<'_>, a: &Answer<'_>, max: usize, out: &mut Vec<u8>) {
+pub fn encode(
+    view: &DnsView,
+    q: &Query<'_>,
+    a: &Answer<'_>,
+    max: usize,
+    recursion_available: bool,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let mut flags = FLAG_QR | ((q.opcode as u16) << 11) | (a.rcode as u16 & 0xF);
+    if recursion_available {
+        flags |= FLAG_RA;
+    }
     if q.recursion_desired {
         flags |= FLAG_RD;
     }
@@ -294,28 +337,84 @@ pub struct Handled {
 }
 
 /// Handles one query packet, writing the reply into `out`. `None` when nothing must be sent
-/// back (not a query).
+/// back (not a query). No forwarding: names outside the zones get REFUSED.
 pub fn handle(
     view: &DnsView,
     packet: &[u8],
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> Option<Handled> {
+    match handle_query(view, None, packet, transport, out) {
+        Step::Reply(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// What to do with a query once the view (and the forwarder's routes) have been consulted.
+#[derive(Debug)]
+pub enum Step {
+    /// `out` holds the reply.
+    Reply(Handled),
+    /// Nothing is sent back.
+    Drop,
+    /// The forwarder answers this question for the client.
+    Forward {
+        question: Question,
+        id: u16,
+        flags: ClientFlags,
+        handled: Handled,
+    },
+    /// `out` holds the local reply (a CNAME chain that leaves the zone); the forwarder resolves
+    /// `question` (the chain's target) and its answer is appended.
+    Chase {
+        question: Question,
+        flags: ClientFlags,
+        handled: Handled,
+    },
+}
+
+fn forward_question(
+    question: Vec<u8>,
+    lname: &[u8],
+    qtype: u16,
+    qclass: u16,
+    q: &Query<'_>,
+) -> Question {
+    Question {
+        question,
+        lname: lname.to_vec(),
+        qtype,
+        qclass,
+        dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+        checking_disabled: q.checking_disabled,
+    }
+}
+
+/// [`handle`] with a forwarder: names it routes are handed back as [`Step::Forward`] (or
+/// [`Step::Chase`]) instead of REFUSED; RA is set on every reply.
+pub fn handle_query(
+    view: &DnsView,
+    fwd: Option<&Forwarder>,
+    packet: &[u8],
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Step {
     out.clear();
     let q = match parse_query(packet) {
         Ok(q) => q,
-        Err(Reject::Drop) => return None,
+        Err(Reject::Drop) => return Step::Drop,
         Err(Reject::Header { id, flags, rcode }) => {
             let flags = FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | rcode as u16;
             put_header(out, id, flags, [0; 4]);
-            return Some(Handled {
+            return Step::Reply(Handled {
                 qtype: 0,
                 zone: None,
                 rcode,
             });
         }
     };
-    let a = if q.edns.is_some_and(|e| e.version > 0) {
+    let max = max_reply(&q, transport);
+    let mut a = if q.edns.is_some_and(|e| e.version > 0) {
         Answer::empty(Rcode::BadVers, None)
     } else if q.qtype == rtype::AXFR || q.qtype == rtype::IXFR {
         let rcode = if transport == Transport::Udp {
@@ -327,10 +426,93 @@ pub fn handle(
     } else {
         answer(view, q.qname, q.qtype, q.qclass)
     };
-    encode(view, &q, &a, max_reply(&q, transport), out);
-    Some(Handled {
+    if let Some(f) = fwd
+        && a.rcode != Rcode::BadVers
+    {
+        let flags = ClientFlags {
+            recursion_desired: q.recursion_desired,
+            checking_disabled: q.checking_disabled,
+            edns: q.edns,
+            max,
+        };
+        let mut buf = [0u8; MAX_NAME_LEN];
+        let len = lowercase_into(q.qname, &mut buf);
+        let lname = &buf[..len];
+        if f.is_loop_probe(lname) {
+            if !f
+                .loop_detected
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::error!(
+                    name = %crate::wire::wire_to_string(q.qname),
+                    "FORWARDING LOOP: a probe this server sent upstream came back to it; check the upstreams (an upstream that forwards to this server, or /etc/resolv.conf pointing at it)"
+                );
+            }
+            a = Answer::empty(Rcode::ServFail, None);
+        } else if a.forwardable && f.route(lname).is_some() {
+            let handled = Handled {
+                qtype: q.qtype,
+                zone: a.zone,
+                rcode: Rcode::NoError,
+            };
+            let question = forward_question(q.question.to_vec(), lname, q.qtype, q.qclass, &q);
+            return Step::Forward {
+                question,
+                id: q.id,
+                flags,
+                handled,
+            };
+        } else if let Some(target) = a.external
+            && f.route(target).is_some()
+        {
+            encode(view, &q, &a, u16::MAX as usize, true, out);
+            let mut question = target.to_vec();
+            question.extend_from_slice(&q.qtype.to_be_bytes());
+            question.extend_from_slice(&CLASS_IN.to_be_bytes());
+            let handled = Handled {
+                qtype: q.qtype,
+                zone: a.zone,
+                rcode: a.rcode,
+            };
+            let question = forward_question(question, target, q.qtype, CLASS_IN, &q);
+            return Step::Chase {
+                question,
+                flags,
+                handled,
+            };
+        }
+    }
+    encode(view, &q, &a, max, fwd.is_some(), out);
+    Step::Reply(Handled {
         qtype: q.qtype,
         zone: a.zone,
         rcode: a.rcode,
     })
+}
+
+/// The reply to a chased ExternalName: the local CNAME chain, then the target's answer (and, for
+/// a negative, its authority), with the target's rcode; TC with the question alone when it does
+/// not fit in `max`.
+pub fn combine_chase(local: &[u8], target: &[u8], max: usize) -> Vec<u8> {
+    use hickory_proto::op::Message;
+    let (Ok(mut m), Ok(t)) = (Message::from_vec(local), Message::from_vec(target)) else {
+        return local.to_vec();
+    };
+    m.metadata.response_code = t.metadata.response_code;
+    m.metadata.recursion_available = true;
+    let negative = t.answers.is_empty();
+    m.answers.extend(t.answers);
+    if negative {
+        m.authorities = t.authorities;
+    }
+    match m.to_vec() {
+        Ok(v) if v.len() <= max => v,
+        _ => {
+            m.answers.clear();
+            m.authorities.clear();
+            m.additionals.clear();
+            m.metadata.truncation = true;
+            m.to_vec().unwrap_or_else(|_| local.to_vec())
+        }
+    }
 }

@@ -14,6 +14,8 @@ use crate::{ServeConfig, ServerConfig, Source};
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
 pub const EXIT_NOINPUT: u8 = 66;
+/// Exit code for a config file that does not parse or validate (EX_DATAERR).
+pub const EXIT_DATAERR: u8 = 65;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +110,23 @@ pub struct ServeArgs {
     /// does not exist.
     #[arg(long, env = "CLUSTERDNS_DNS_SERVICE", default_value = "kube-system/kube-dns", value_parser = parse_ns_name, value_name = "NS/NAME")]
     pub dns_service: (String, String),
+
+    /// Config file (YAML) with the forwarded zones, the default upstreams and the cache; reloaded
+    /// when it changes and on SIGHUP. See README "Forwarding".
+    #[arg(long, env = "CLUSTERDNS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Default upstream for names outside the cluster (repeatable): `IP`, `IP:PORT`,
+    /// `tls://IP[:PORT]` or a resolv.conf path; replaces `upstream_resolvers.upstreams` of the
+    /// config file. `off`: no default upstreams. Without it and without a config file, the
+    /// nameservers of /etc/resolv.conf.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_UPSTREAM",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub upstream: Vec<String>,
 
     /// Where to serve `/health`, `/ready` and `/metrics` (plain HTTP); `off` for nowhere.
     #[arg(long, env = "CLUSTERDNS_ADMIN_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_admin, value_name = "ADDR:PORT|off")]
@@ -251,6 +270,10 @@ impl ServeArgs {
             source,
             startup_timeout: self.startup_timeout,
             admin_listen: self.admin_listen.0,
+            forward: Some(crate::reload::ForwardSource {
+                config: self.config,
+                upstreams: self.upstream,
+            }),
         })
     }
 }
@@ -287,9 +310,9 @@ async fn serve(cfg: ServeConfig, lameduck: Duration) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                // Manifests and the API are watched continuously; there is no config file yet.
-                tracing::info!("SIGHUP: nothing to reload (discovery is watched continuously)");
+                        _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                running.reload();
             }
         }
     }
@@ -335,7 +358,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clusterdns: error: {e:#}");
-            if e.downcast_ref::<discovery::manifests::SourceError>()
+            if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_DATAERR)
+            } else if e
+                .downcast_ref::<discovery::manifests::SourceError>()
                 .is_some()
                 || e.downcast_ref::<discovery::kubernetes::ClientError>()
                     .is_some()

@@ -17,7 +17,10 @@
 pub mod admin;
 pub mod answer;
 pub mod cli;
+pub mod config;
+pub mod forward;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod view;
 pub mod wire;
@@ -61,6 +64,8 @@ pub struct ServeConfig {
     pub startup_timeout: Duration,
     /// Where to serve `/health`, `/ready` and `/metrics`; `None` for nowhere.
     pub admin_listen: Option<SocketAddr>,
+    /// Forwarding; `None` answers REFUSED outside the served zones.
+    pub forward: Option<reload::ForwardSource>,
 }
 
 /// A running server with its discovery source and admin endpoint.
@@ -72,12 +77,25 @@ pub struct Running {
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     shutting_down: Arc<AtomicBool>,
     updater: tokio::task::JoinHandle<()>,
+    /// The config file and the forwarder it made.
+    pub reloader: Option<Arc<reload::Reloader>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Where the admin endpoint listens.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.0)
+    }
+
+    /// Reloads the config file (SIGHUP); a bad file keeps the running config.
+    pub fn reload(&self) {
+        match &self.reloader {
+            Some(r) => {
+                let _ = r.reload();
+            }
+            None => tracing::info!("reload: no forwarding configured, nothing to reload"),
+        }
     }
 
     /// Starts the lameduck period: `/ready` fails from now on, DNS keeps answering.
@@ -90,6 +108,9 @@ impl Running {
     pub async fn shutdown(self) {
         self.begin_shutdown();
         self.updater.abort();
+        for t in &self.background {
+            t.abort();
+        }
         self.server.shutdown().await;
         if let Some((_, task)) = self.admin {
             task.abort();
@@ -122,6 +143,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             discovery::kubernetes::watch_api(client, options.clone())
         }
     };
+    // The config first: a bad file stops the start before anything listens.
+    let reloader = match &cfg.forward {
+        Some(src) => Some(Arc::new(reload::Reloader::load(src.clone())?)),
+        None => None,
+    };
+    let forwarder = reloader
+        .as_ref()
+        .map(|r| Arc::clone(&r.forwarder))
+        .unwrap_or_else(|| Arc::new(arc_swap::ArcSwapOption::empty()));
     let deadline = tokio::time::Instant::now() + cfg.startup_timeout;
     let first = snapshots.borrow_and_update().clone();
     let vcfg = cfg.view.clone();
@@ -144,10 +174,27 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         Arc::clone(&metrics),
         Some(deadline),
     ));
-    let server = match Server::start(&cfg.server, Arc::clone(&view), Arc::clone(&metrics)) {
+    let mut background = Vec::new();
+    if let Some(r) = &reloader {
+        background.push(tokio::spawn(reload::run_health(Arc::clone(&r.forwarder))));
+        if let Some(path) = &r.source.config {
+            background.push(tokio::spawn(reload::watch_config(
+                Arc::clone(r),
+                path.clone(),
+            )));
+        }
+    }
+    metrics.set_forwarding(reloader.clone());
+    let server = match Server::start(
+        &cfg.server,
+        Arc::clone(&view),
+        Arc::clone(&forwarder),
+        Arc::clone(&metrics),
+    ) {
         Ok(s) => s,
         Err(e) => {
             updater.abort();
+            background.iter().for_each(|t| t.abort());
             return Err(e.into());
         }
     };
@@ -158,6 +205,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 Ok(l) => l,
                 Err(e) => {
                     updater.abort();
+                    background.iter().for_each(|t| t.abort());
                     server.shutdown().await;
                     return Err(anyhow::anyhow!("cannot listen on {addr} (admin): {e}"));
                 }
@@ -181,5 +229,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         admin,
         shutting_down,
         updater,
+        reloader,
+        background,
     })
 }

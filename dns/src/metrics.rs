@@ -237,6 +237,8 @@ struct Source {
 pub struct Metrics {
     /// From a cluster change to the view that answers it being swapped in.
     pub programming_duration: Histogram,
+    /// The forwarder (and its cache) of the running config, for the forward and cache families.
+    forwarding: Mutex<Option<Arc<crate::reload::Reloader>>>,
     sources: Mutex<Vec<Source>>,
     /// Zone labels, in the view's zone order, then ".".
     zones: [String; ZONE_LABELS],
@@ -247,6 +249,7 @@ impl Metrics {
     pub fn new(cluster_zone: &str) -> Self {
         Self {
             programming_duration: Histogram::new(PROGRAMMING_BOUNDS),
+            forwarding: Mutex::new(None),
             sources: Mutex::new(Vec::new()),
             zones: [
                 format!("{cluster_zone}."),
@@ -254,6 +257,182 @@ impl Metrics {
                 "ip6.arpa.".into(),
                 ".".into(),
             ],
+        }
+    }
+
+    /// The config reloader whose forwarder and cache the forward, cache and reload families
+    /// report.
+    pub fn set_forwarding(&self, r: Option<Arc<crate::reload::Reloader>>) {
+        *self.forwarding.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    fn render_forwarding(&self, out: &mut String, servers: &[&str]) {
+        let Some(r) = self
+            .forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        header(
+            out,
+            "clusterdns_reload_failed_total",
+            "counter",
+            "Counter of the number of failed reload attempts.",
+        );
+        let _ = writeln!(
+            out,
+            "clusterdns_reload_failed_total {}",
+            r.reload_failures.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "clusterdns_reload_total",
+            "counter",
+            "Counter of successful config reloads.",
+        );
+        let _ = writeln!(
+            out,
+            "clusterdns_reload_total {}",
+            r.reloads.load(Ordering::Relaxed)
+        );
+        let Some(f) = r.forwarder.load_full() else {
+            return;
+        };
+        let c = &f.cache;
+        let (pos, neg) = c.counts();
+        header(
+            out,
+            "clusterdns_cache_entries",
+            "gauge",
+            "The number of elements in the cache.",
+        );
+        header(
+            out,
+            "clusterdns_cache_hits_total",
+            "counter",
+            "The count of cache hits.",
+        );
+        header(
+            out,
+            "clusterdns_cache_misses_total",
+            "counter",
+            "The count of cache misses.",
+        );
+        header(
+            out,
+            "clusterdns_cache_served_stale_total",
+            "counter",
+            "The number of requests served from stale cache entries.",
+        );
+        // One cache serves every listen address: it is reported under each, as CoreDNS does
+        // for a cache shared by a server block's addresses.
+        for server in servers {
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_entries{{server=\"{server}\",type=\"success\",zones=\".\",view=\"\"}} {pos}"
+            );
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_entries{{server=\"{server}\",type=\"denial\",zones=\".\",view=\"\"}} {neg}"
+            );
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_hits_total{{server=\"{server}\",type=\"success\",zones=\".\",view=\"\"}} {}",
+                c.hits_success.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_hits_total{{server=\"{server}\",type=\"denial\",zones=\".\",view=\"\"}} {}",
+                c.hits_denial.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_misses_total{{server=\"{server}\",zones=\".\",view=\"\"}} {}",
+                c.misses.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "clusterdns_cache_served_stale_total{{server=\"{server}\",zones=\".\",view=\"\"}} {}",
+                c.served_stale.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "clusterdns_forward_requests_total",
+            "counter",
+            "Counter of requests made per upstream.",
+        );
+        header(
+            out,
+            "clusterdns_forward_responses_total",
+            "counter",
+            "Counter of responses received per upstream.",
+        );
+        header(
+            out,
+            "clusterdns_forward_healthcheck_failures_total",
+            "counter",
+            "Counter of the number of failed healthchecks.",
+        );
+        header(
+            out,
+            "clusterdns_forward_max_concurrent_rejects_total",
+            "counter",
+            "Counter of the number of queries rejected because the concurrent queries were at maximum.",
+        );
+        let _ = writeln!(
+            out,
+            "clusterdns_forward_max_concurrent_rejects_total {}",
+            f.rejects.load(Ordering::Relaxed)
+        );
+        const NAMES: [&str; 17] = [
+            "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+            "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14",
+            "RCODE15", "OTHER",
+        ];
+        let mut durations = Vec::new();
+        for g in f.groups() {
+            for u in &g.upstreams {
+                let to = &u.label;
+                let _ = writeln!(
+                    out,
+                    "clusterdns_forward_requests_total{{to=\"{to}\"}} {}",
+                    u.requests.load(Ordering::Relaxed)
+                );
+                for (i, n) in u.responses.iter().enumerate() {
+                    let n = n.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "clusterdns_forward_responses_total{{to=\"{to}\",rcode=\"{}\"}} {n}",
+                            NAMES[i]
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    out,
+                    "clusterdns_forward_healthcheck_failures_total{{to=\"{to}\"}} {}",
+                    u.healthcheck_failures.load(Ordering::Relaxed)
+                );
+                durations.push((to.clone(), Arc::clone(u)));
+            }
+        }
+        header(
+            out,
+            "clusterdns_forward_request_duration_seconds",
+            "histogram",
+            "Histogram of the time each request took.",
+        );
+        for (to, u) in durations {
+            histogram(
+                out,
+                "clusterdns_forward_request_duration_seconds",
+                &format!("to=\"{to}\""),
+                &[&u.duration],
+                1e6,
+            );
         }
     }
 
@@ -422,6 +601,8 @@ impl Metrics {
             &[&self.programming_duration],
             1e6,
         );
+
+        self.render_forwarding(&mut out, &servers);
 
         header(
             &mut out,

@@ -18,16 +18,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use discovery::ClusterSnapshot;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::answer::{Handled, Transport, handle};
+use crate::answer::{Handled, Step, Transport, combine_chase, handle_query};
+use crate::forward::{ClientFlags, Forwarder, Question};
 use crate::metrics::{Metrics, Observation, QueryStats};
 use crate::view::{DnsView, ViewConfig};
+use crate::wire::{EDNS_PAYLOAD, Rcode};
 
 /// Socket and connection settings.
 #[derive(Debug, Clone)]
@@ -181,8 +183,10 @@ impl Server {
     pub fn start(
         cfg: &ServerConfig,
         view: Arc<ArcSwap<DnsView>>,
+        forwarder: Arc<ArcSwapOption<Forwarder>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
+        let rt = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut local = Vec::new();
@@ -200,6 +204,7 @@ impl Server {
             local.push(bound);
             for (i, sock) in udp.into_iter().enumerate() {
                 let (view, stop) = (Arc::clone(&view), Arc::clone(&stop));
+                let (fwd, rt) = (Arc::clone(&forwarder), rt.clone());
                 let guard = AliveGuard::new(&alive);
                 let obs = Observer::new(
                     metrics.register(&bound.to_string(), "udp"),
@@ -210,7 +215,7 @@ impl Server {
                     .name(format!("udp-{i}"))
                     .spawn(move || {
                         let _alive = guard;
-                        udp_worker(sock, view, stop, obs)
+                        udp_worker(Arc::new(sock), view, fwd, stop, obs, rt)
                     })
                     .map_err(|source| StartError::Bind {
                         addr: *addr,
@@ -233,6 +238,7 @@ impl Server {
             let accept = tcp_accept(
                 tcp,
                 Arc::clone(&view),
+                Arc::clone(&forwarder),
                 Arc::clone(&conns),
                 TcpLimits {
                     idle: cfg.tcp_idle_timeout,
@@ -343,7 +349,14 @@ impl Observer {
     }
 }
 
-fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool>, obs: Observer) {
+fn udp_worker(
+    sock: Arc<UdpSocket>,
+    view: Arc<ArcSwap<DnsView>>,
+    forwarder: Arc<ArcSwapOption<Forwarder>>,
+    stop: Arc<AtomicBool>,
+    obs: Observer,
+    rt: tokio::runtime::Handle,
+) {
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
@@ -367,14 +380,103 @@ fn udp_worker(sock: UdpSocket, view: Arc<ArcSwap<DnsView>>, stop: Arc<AtomicBool
         };
         let started = Instant::now();
         let v = view.load();
-        let Some(h) = handle(&v, &buf[..n], Transport::Udp, &mut out) else {
-            continue;
-        };
-        if let Err(e) = sock.send_to(&out, peer) {
-            tracing::debug!(%peer, error = %e, "udp send error");
+        let fwd = forwarder.load();
+        match handle_query(&v, fwd.as_deref(), &buf[..n], Transport::Udp, &mut out) {
+            Step::Drop => {}
+            Step::Reply(h) => {
+                if let Err(e) = sock.send_to(&out, peer) {
+                    tracing::debug!(%peer, error = %e, "udp send error");
+                }
+                obs.observe(peer, &buf[..n], &out, &h, started);
+            }
+            Step::Forward {
+                question,
+                id,
+                flags,
+                handled,
+            } => {
+                let Some(f) = fwd.as_ref().map(Arc::clone) else {
+                    continue;
+                };
+                if f.cached(&question, id, flags, &mut out) {
+                    let _ = sock.send_to(&out, peer);
+                    let h = Handled {
+                        rcode: rcode_of(&out),
+                        ..handled
+                    };
+                    obs.observe(peer, &buf[..n], &out, &h, started);
+                    continue;
+                }
+                let (sock, obs, query) = (Arc::clone(&sock), obs.clone(), buf[..n].to_vec());
+                rt.spawn(async move {
+                    let mut out = Vec::new();
+                    let rcode = f.resolve(&question, id, flags, &mut out).await;
+                    let _ = sock.send_to(&out, peer);
+                    obs.observe(peer, &query, &out, &Handled { rcode, ..handled }, started);
+                });
+            }
+            Step::Chase {
+                question,
+                flags,
+                handled,
+            } => {
+                let Some(f) = fwd.as_ref().map(Arc::clone) else {
+                    continue;
+                };
+                let (sock, obs, query, local) = (
+                    Arc::clone(&sock),
+                    obs.clone(),
+                    buf[..n].to_vec(),
+                    out.clone(),
+                );
+                rt.spawn(async move {
+                    let out = chase(&f, &question, flags, &local).await;
+                    let _ = sock.send_to(&out, peer);
+                    obs.observe(
+                        peer,
+                        &query,
+                        &out,
+                        &Handled {
+                            rcode: rcode_of(&out),
+                            ..handled
+                        },
+                        started,
+                    );
+                });
+            }
         }
-        obs.observe(peer, &buf[..n], &out, &h, started);
     }
+}
+
+/// The rcode in a reply's header.
+fn rcode_of(reply: &[u8]) -> Rcode {
+    match reply.get(3).map(|b| b & 0x0F) {
+        Some(0) => Rcode::NoError,
+        Some(1) => Rcode::FormErr,
+        Some(3) => Rcode::NxDomain,
+        Some(4) => Rcode::NotImp,
+        Some(5) => Rcode::Refused,
+        _ => Rcode::ServFail,
+    }
+}
+
+/// Resolves an ExternalName chain's target through the forwarder and appends it to `local`.
+async fn chase(f: &Forwarder, target: &Question, flags: ClientFlags, local: &[u8]) -> Vec<u8> {
+    let inner = ClientFlags {
+        recursion_desired: true,
+        checking_disabled: flags.checking_disabled,
+        edns: Some(crate::wire::Edns {
+            payload: EDNS_PAYLOAD,
+            version: 0,
+            dnssec_ok: false,
+        }),
+        max: u16::MAX as usize,
+    };
+    let mut t = Vec::new();
+    if !f.cached(target, 0, inner, &mut t) {
+        f.resolve(target, 0, inner, &mut t).await;
+    }
+    combine_chase(local, &t, flags.max)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -386,6 +488,7 @@ struct TcpLimits {
 async fn tcp_accept(
     listener: TcpListener,
     view: Arc<ArcSwap<DnsView>>,
+    forwarder: Arc<ArcSwapOption<Forwarder>>,
     conns: Arc<Semaphore>,
     limits: TcpLimits,
     mut stop: watch::Receiver<bool>,
@@ -410,8 +513,9 @@ async fn tcp_accept(
             _ = stop.changed() => break,
         };
         let (view, stop, obs) = (Arc::clone(&view), stop.clone(), obs.clone());
+        let fwd = Arc::clone(&forwarder);
         conn_tasks.spawn(async move {
-            if let Err(e) = tcp_conn(stream, peer, &view, limits.idle, stop, &obs).await {
+            if let Err(e) = tcp_conn(stream, peer, &view, &fwd, limits.idle, stop, &obs).await {
                 tracing::debug!(%peer, error = %e, "tcp connection closed");
             }
             drop(permit);
@@ -439,6 +543,7 @@ async fn tcp_conn(
     mut stream: TcpStream,
     peer: SocketAddr,
     view: &ArcSwap<DnsView>,
+    forwarder: &ArcSwapOption<Forwarder>,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
     obs: &Observer,
@@ -467,8 +572,49 @@ async fn tcp_conn(
             }
         }
         let started = Instant::now();
-        let Some(h) = handle(&view.load(), &buf[..n], Transport::Tcp, &mut out) else {
-            continue;
+        let fwd = forwarder.load_full();
+        let step = handle_query(
+            &view.load(),
+            fwd.as_deref(),
+            &buf[..n],
+            Transport::Tcp,
+            &mut out,
+        );
+        let h = match (step, fwd) {
+            (Step::Drop, _) => continue,
+            (Step::Reply(h), _) => h,
+            (
+                Step::Forward {
+                    question,
+                    id,
+                    flags,
+                    handled,
+                },
+                Some(f),
+            ) => {
+                if !f.cached(&question, id, flags, &mut out) {
+                    f.resolve(&question, id, flags, &mut out).await;
+                }
+                Handled {
+                    rcode: rcode_of(&out),
+                    ..handled
+                }
+            }
+            (
+                Step::Chase {
+                    question,
+                    flags,
+                    handled,
+                },
+                Some(f),
+            ) => {
+                out = chase(&f, &question, flags, &out).await;
+                Handled {
+                    rcode: rcode_of(&out),
+                    ..handled
+                }
+            }
+            (_, None) => continue,
         };
         let mut msg = Vec::with_capacity(out.len() + 2);
         msg.extend_from_slice(&(out.len() as u16).to_be_bytes());

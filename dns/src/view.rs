@@ -115,6 +115,9 @@ pub struct Rrset {
     /// Glue: the addresses of SRV and NS targets.
     pub additional: Box<[u8]>,
     pub arcount: u16,
+    /// Where a CNAME chain leaves the zone (lower-case wire): the rest is the forwarder's to
+    /// resolve, when there is one.
+    pub external: Option<Box<[u8]>>,
 }
 
 /// A name that exists.
@@ -579,6 +582,7 @@ impl Builder<'_> {
                         ancount,
                         additional: additional.into(),
                         arcount,
+                        external: None,
                     });
                 }
             };
@@ -662,6 +666,7 @@ impl Builder<'_> {
                 ancount: 1,
                 additional: Box::new([]),
                 arcount: 0,
+                external: None,
             }));
             for t in [rtype::A, rtype::AAAA] {
                 rrsets.push(self.chase(target, t));
@@ -680,9 +685,15 @@ impl Builder<'_> {
         let mut target = first.to_vec();
         let mut rcode = Rcode::NoError;
         let mut negative = false;
+        let mut external = None;
         for _ in 0..MAX_CHASE {
-            if !is_subdomain(&target, &self.zone) || is_subdomain(&target, &self.pod_apex) {
-                break; // outside the zone (or a pod name): the client's resolver goes on
+            if !is_subdomain(&target, &self.zone) {
+                // Outside the zone: the forwarder (or the client's resolver) goes on.
+                external = Some(target.clone().into_boxed_slice());
+                break;
+            }
+            if is_subdomain(&target, &self.pod_apex) {
+                break; // a pod name: the client asks again
             }
             match self.names.get(&target) {
                 None => {
@@ -712,6 +723,7 @@ impl Builder<'_> {
             ancount: count,
             additional: Box::new([]),
             arcount: 0,
+            external,
         }
     }
 }

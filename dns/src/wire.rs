@@ -86,7 +86,7 @@ fn u16_at(b: &[u8], i: usize) -> Option<u16> {
 
 /// Skips one name starting at `pos`, allowing backward compression pointers. Returns the
 /// offset after the name and whether it was the root name.
-fn skip_name(msg: &[u8], mut pos: usize) -> Option<(usize, bool)> {
+pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Option<(usize, bool)> {
     let start = pos;
     let mut end = None; // offset after the name in the original stream
     let mut total = 0usize;
@@ -239,6 +239,66 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         question: &msg[HEADER_LEN..question_end],
         edns,
     })
+}
+
+/// One resource record of a message, located.
+#[derive(Debug, Clone)]
+pub struct RrRef {
+    /// 0 answer, 1 authority, 2 additional.
+    pub section: u8,
+    pub start: usize,
+    pub rtype: u16,
+    /// Offset of the 4-octet TTL.
+    pub ttl_at: usize,
+    pub rdata: std::ops::Range<usize>,
+    pub end: usize,
+}
+
+/// Every record after the question of a well-formed message, in order; `None` when the message
+/// is malformed. Work is bounded by the message length.
+pub fn records(msg: &[u8]) -> Option<Vec<RrRef>> {
+    if msg.len() < HEADER_LEN {
+        return None;
+    }
+    let count = |i: usize| u16::from_be_bytes([msg[i], msg[i + 1]]) as usize;
+    let (qd, counts) = (count(4), [count(6), count(8), count(10)]);
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = skip_name(msg, pos)?.0 + 4;
+    }
+    let mut out = Vec::with_capacity(counts.iter().sum::<usize>().min(msg.len() / 11));
+    for (section, n) in counts.into_iter().enumerate() {
+        for _ in 0..n {
+            let start = pos;
+            let (after, _) = skip_name(msg, pos)?;
+            let rtype = u16_at(msg, after)?;
+            let rdlen = u16_at(msg, after + 8)? as usize;
+            let rdata = after + 10..after + 10 + rdlen;
+            if rdata.end > msg.len() {
+                return None;
+            }
+            pos = rdata.end;
+            out.push(RrRef {
+                section: section as u8,
+                start,
+                rtype,
+                ttl_at: after + 4,
+                rdata,
+                end: pos,
+            });
+        }
+    }
+    (pos <= msg.len()).then_some(out)
+}
+
+/// The TTL of a located record.
+pub fn ttl_of(msg: &[u8], rr: &RrRef) -> u32 {
+    u32::from_be_bytes([
+        msg[rr.ttl_at],
+        msg[rr.ttl_at + 1],
+        msg[rr.ttl_at + 2],
+        msg[rr.ttl_at + 3],
+    ])
 }
 
 /// Copies a wire name into `dst` in lower case. Length octets are below 64 and never change.

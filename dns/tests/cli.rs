@@ -151,7 +151,7 @@ fn serves_the_example_cluster_and_stops_on_sigterm() {
         s.local_addr().expect("addr").port()
     };
     let mut child = bin()
-        .args(["serve", "--manifests"])
+        .args(["serve", "--upstream", "off", "--manifests"])
         .arg(example())
         .args([
             "--listen",
@@ -285,7 +285,7 @@ fn sigterm_fails_ready_at_once_keeps_answering_for_the_lameduck_then_exits_0() {
     let (dns, admin) = (free_port(), free_port());
     let lameduck = Duration::from_secs(3);
     let mut child = bin()
-        .args(["serve", "--manifests"])
+        .args(["serve", "--upstream", "off", "--manifests"])
         .arg(example())
         .args([
             "--listen",
@@ -349,7 +349,7 @@ fn sigterm_fails_ready_at_once_keeps_answering_for_the_lameduck_then_exits_0() {
 fn json_logs_and_the_query_log() {
     let dns = free_port();
     let mut child = bin()
-        .args(["serve", "--manifests"])
+        .args(["serve", "--upstream", "off", "--manifests"])
         .arg(example())
         .args([
             "--listen",
@@ -432,7 +432,7 @@ fn binds_port_53_as_non_root_with_only_net_bind_service() {
             c.args(["--inh-caps=-all"]);
         }
         c.arg(&exe)
-            .args(["serve", "--manifests"])
+            .args(["serve", "--upstream", "off", "--manifests"])
             .arg(&manifests_dir)
             .args([
                 "--listen",

@@ -63,7 +63,14 @@ async fn main() {
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", &addr.to_string(), "--kubeconfig"])
         .arg(api.kubeconfig())
-        .args(["--startup-timeout", "10m"])
+        .args([
+            "--startup-timeout",
+            "10m",
+            "--upstream",
+            "off",
+            "--admin-listen",
+            "off",
+        ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::inherit())
         .spawn()

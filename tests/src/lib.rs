@@ -387,6 +387,8 @@ fn test_config(source: clusterdns::Source) -> clusterdns::ServeConfig {
         source,
         startup_timeout: Duration::from_secs(5),
         admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        // Never the machine's resolver: tests forward only to upstreams they start.
+        forward: None,
     }
 }
 
