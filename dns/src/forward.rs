@@ -336,6 +336,12 @@ impl Forwarder {
         flags: ClientFlags,
         out: &mut Vec<u8>,
     ) -> Rcode {
+        // A detected loop stops forwarding under this config: following it would only multiply
+        // queries until the in-flight cap. A reload (fixing the upstreams) starts afresh.
+        if self.loop_detected.load(Ordering::Relaxed) {
+            servfail(q, id, flags, out);
+            return Rcode::ServFail;
+        }
         let Some(group) = self.route(&q.lname).cloned() else {
             servfail(q, id, flags, out);
             return Rcode::ServFail;

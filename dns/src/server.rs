@@ -384,10 +384,11 @@ fn udp_worker(
         match handle_query(&v, fwd.as_deref(), &buf[..n], Transport::Udp, &mut out) {
             Step::Drop => {}
             Step::Reply(h) => {
+                // Counted before it is sent: a client that has its reply sees it in /metrics.
+                obs.observe(peer, &buf[..n], &out, &h, started);
                 if let Err(e) = sock.send_to(&out, peer) {
                     tracing::debug!(%peer, error = %e, "udp send error");
                 }
-                obs.observe(peer, &buf[..n], &out, &h, started);
             }
             Step::Forward {
                 question,
@@ -399,20 +400,20 @@ fn udp_worker(
                     continue;
                 };
                 if f.cached(&question, id, flags, &mut out) {
-                    let _ = sock.send_to(&out, peer);
                     let h = Handled {
                         rcode: rcode_of(&out),
                         ..handled
                     };
                     obs.observe(peer, &buf[..n], &out, &h, started);
+                    let _ = sock.send_to(&out, peer);
                     continue;
                 }
                 let (sock, obs, query) = (Arc::clone(&sock), obs.clone(), buf[..n].to_vec());
                 rt.spawn(async move {
                     let mut out = Vec::new();
                     let rcode = f.resolve(&question, id, flags, &mut out).await;
-                    let _ = sock.send_to(&out, peer);
                     obs.observe(peer, &query, &out, &Handled { rcode, ..handled }, started);
+                    let _ = sock.send_to(&out, peer);
                 });
             }
             Step::Chase {
@@ -431,7 +432,6 @@ fn udp_worker(
                 );
                 rt.spawn(async move {
                     let out = chase(&f, &question, flags, &local).await;
-                    let _ = sock.send_to(&out, peer);
                     obs.observe(
                         peer,
                         &query,
@@ -442,6 +442,7 @@ fn udp_worker(
                         },
                         started,
                     );
+                    let _ = sock.send_to(&out, peer);
                 });
             }
         }
@@ -619,8 +620,8 @@ async fn tcp_conn(
         let mut msg = Vec::with_capacity(out.len() + 2);
         msg.extend_from_slice(&(out.len() as u16).to_be_bytes());
         msg.extend_from_slice(&out);
-        stream.write_all(&msg).await?;
         obs.observe(peer, &buf[..n], &out, &h, started);
+        stream.write_all(&msg).await?;
     }
 }
 

@@ -92,6 +92,55 @@ fn unreadable_kubeconfig_exits_66() {
 }
 
 #[test]
+fn a_bad_config_file_at_start_exits_65_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "servers:\n- name: corp\n  zones: [corp.test]\n  forward: {upstreams: [\"192.0.2.1\"], polcy: random}\n").expect("write");
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--manifests",
+        ])
+        .arg(example())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("unknown field `polcy`"), "{err}");
+    std::fs::write(
+        &cfg,
+        "upstream_resolvers: {upstreams: [\"tls://192.0.2.1\"]}\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--manifests",
+        ])
+        .arg(example())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("upstream_resolvers.tls: tls:// upstreams need tls.server_name"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_manifests_dir_exits_66() {
     let out = bin()
         .args([
@@ -123,6 +172,12 @@ fn help_documents_every_flag() {
         "--namespaces",
         "--endpoint-pod-names",
         "--startup-timeout",
+        "--config",
+        "--upstream",
+        "--admin-listen",
+        "--lameduck",
+        "--log-format",
+        "--query-log",
         "--cluster-domain",
         "--ttl",
         "--pods",

@@ -20,6 +20,7 @@
 //! the query had one.
 
 pub mod apiserver;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
