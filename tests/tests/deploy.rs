@@ -106,6 +106,9 @@ fn every_manifest_parses_into_its_typed_object() {
                 "ClusterRole" => serde_json::from_value::<ClusterRole>(d).map(drop),
                 "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(d).map(drop),
                 "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(d).map(drop),
+                "ConfigMap" => {
+                    serde_json::from_value::<k8s_openapi::api::core::v1::ConfigMap>(d).map(drop)
+                }
                 other => panic!("{name}: unexpected kind {other}"),
             };
             ok.unwrap_or_else(|e| panic!("{name}: {kind}: {e}"));
@@ -118,6 +121,7 @@ fn every_manifest_parses_into_its_typed_object() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "ConfigMap",
             "Deployment",
             "PodDisruptionBudget",
             "Service",
@@ -303,4 +307,55 @@ fn service_and_pdb_select_the_pods_and_target_their_ports() {
     {
         assert_eq!(labels.get(&k), Some(&v), "the PDB selects the pods ({k})");
     }
+}
+
+#[test]
+fn the_configmap_holds_a_valid_config_mounted_where_the_flag_points() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cm: ConfigMap = serde_json::from_value(of_kind(&docs("base/configmap.yaml"), "ConfigMap"))
+        .expect("ConfigMap");
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.yaml"))
+        .expect("config.yaml key");
+    // Parsed and validated by the server's own code (resolving reads this machine's
+    // /etc/resolv.conf, as the pod would read the node's; nothing is sent).
+    let file = clusterdns::config::FileConfig::parse(Path::new("config.yaml"), text)
+        .expect("the config parses");
+    file.resolve(&[]).expect("the config validates");
+
+    use clap::Parser as _;
+    let d = deployment();
+    let pod = d.spec.template.spec.as_ref().expect("pod");
+    let args = pod.containers[0].args.clone().expect("args");
+    let cli =
+        clusterdns::cli::Cli::try_parse_from(std::iter::once("clusterdns".to_string()).chain(args))
+            .expect("args parse");
+    let clusterdns::cli::Command::Serve(serve) = cli.command;
+    let config = serve.config.expect("--config is passed");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| config.starts_with(&m.mount_path))
+        .expect("the config path is on a mounted volume");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the volume");
+    let source = volume.config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(Some(source.name.as_str()), cm.metadata.name.as_deref());
+    let file_name = config
+        .strip_prefix(&mount.mount_path)
+        .expect("under the mount");
+    assert!(
+        source
+            .items
+            .iter()
+            .flatten()
+            .any(|i| Path::new(&i.path) == file_name && i.key == "config.yaml")
+    );
 }
