@@ -460,28 +460,22 @@ impl ForwardConfig {
     /// The group for a lower-case wire name: the longest configured zone containing it, else the
     /// default group.
     pub fn route(&self, lname: &[u8]) -> Option<&Arc<GroupSpec>> {
-        self.zones
-            .iter()
-            .find(|(z, _)| crate::wire::is_subdomain(lname, z))
-            .map(|(_, g)| g)
-            .or(self.default.as_ref())
+        longest_zone(&self.zones, self.default.as_ref(), lname)
     }
+}
 
-    /// Every group, for health checks and loop probes.
-    pub fn groups(&self) -> Vec<Arc<GroupSpec>> {
-        let mut out: Vec<Arc<GroupSpec>> = Vec::new();
-        for g in self
-            .zones
-            .iter()
-            .map(|(_, g)| g)
-            .chain(self.default.as_ref())
-        {
-            if !out.iter().any(|o| Arc::ptr_eq(o, g)) {
-                out.push(Arc::clone(g));
-            }
-        }
-        out
-    }
+/// The entry of the longest zone containing `lname` (`zones` sorted longest first), else
+/// `default`.
+pub fn longest_zone<'a, T>(
+    zones: &'a [(Vec<u8>, T)],
+    default: Option<&'a T>,
+    lname: &[u8],
+) -> Option<&'a T> {
+    zones
+        .iter()
+        .find(|(z, _)| crate::wire::is_subdomain(lname, z))
+        .map(|(_, g)| g)
+        .or(default)
 }
 
 #[cfg(test)]

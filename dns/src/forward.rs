@@ -278,11 +278,7 @@ impl Forwarder {
 
     /// The group that forwards `lname` (lower-case wire), if any.
     pub fn route(&self, lname: &[u8]) -> Option<&Arc<Group>> {
-        self.zones
-            .iter()
-            .find(|(z, _)| crate::wire::is_subdomain(lname, z))
-            .map(|(_, g)| g)
-            .or(self.default.as_ref())
+        crate::config::longest_zone(&self.zones, self.default.as_ref(), lname)
     }
 
     /// Every group once.
@@ -523,7 +519,8 @@ enum TtlRule {
     Set(u32),
 }
 
-fn rcode_of(reply: &[u8]) -> Rcode {
+/// The rcode in a reply's header (anything unknown counts as SERVFAIL).
+pub(crate) fn rcode_of(reply: &[u8]) -> Rcode {
     match reply.get(3).map(|b| b & 0x0F) {
         Some(0) => Rcode::NoError,
         Some(1) => Rcode::FormErr,

@@ -26,10 +26,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer::{Handled, Step, Transport, combine_chase, handle_query};
-use crate::forward::{ClientFlags, Forwarder, Question};
+use crate::forward::{ClientFlags, Forwarder, Question, rcode_of};
 use crate::metrics::{Metrics, Observation, QueryStats};
 use crate::view::{DnsView, ViewConfig};
-use crate::wire::{EDNS_PAYLOAD, Rcode};
+use crate::wire::EDNS_PAYLOAD;
 
 /// Socket and connection settings.
 #[derive(Debug, Clone)]
@@ -446,18 +446,6 @@ fn udp_worker(
                 });
             }
         }
-    }
-}
-
-/// The rcode in a reply's header.
-fn rcode_of(reply: &[u8]) -> Rcode {
-    match reply.get(3).map(|b| b & 0x0F) {
-        Some(0) => Rcode::NoError,
-        Some(1) => Rcode::FormErr,
-        Some(3) => Rcode::NxDomain,
-        Some(4) => Rcode::NotImp,
-        Some(5) => Rcode::Refused,
-        _ => Rcode::ServFail,
     }
 }
 

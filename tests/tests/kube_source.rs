@@ -51,6 +51,14 @@ async fn until(addr: SocketAddr, name: &str, qtype: &str, rcode: u8, data: &[&st
     );
 }
 
+/// A server on the double's cluster, synced, and its DNS address.
+async fn serving(api: &ApiServer) -> (clusterdns::Running, SocketAddr) {
+    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
+    synced(&srv).await;
+    let addr = srv.server.local_addrs()[0];
+    (srv, addr)
+}
+
 async fn synced(srv: &clusterdns::Running) {
     let ok = eventually(WAIT, || srv.view.load().synced).await;
     assert!(ok, "the view never synced");
@@ -60,9 +68,7 @@ async fn synced(srv: &clusterdns::Running) {
 async fn the_contract_holds_through_the_api() {
     let api = ApiServer::start().await;
     api.load_dir(&fixture_cluster());
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     tokio::task::spawn_blocking(move || {
         run_table(&load_cases("contract.cases"), |_, q| udp_exchange(addr, q))
     })
@@ -74,9 +80,7 @@ async fn the_contract_holds_through_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_delete_of_every_kind_shows_in_answers() {
     let api = ApiServer::start().await;
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
 
     // Namespace
     until(addr, "live.svc.cluster.local.", "A", NXDOMAIN, &[]).await;
@@ -235,9 +239,7 @@ async fn gone_on_watch_relists_and_swaps_whole() {
     api.apply(ns("a"));
     api.apply(svc("a", "keep", "10.96.9.1"));
     api.apply(svc("a", "gone", "10.96.9.2"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     until(
         addr,
         "gone.a.svc.cluster.local.",
@@ -277,9 +279,7 @@ async fn gone_on_list_is_retried_while_the_last_snapshot_is_served() {
     let api = ApiServer::start().await;
     api.apply(ns("a"));
     api.apply(svc("a", "web", "10.96.10.1"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     let lists = api.lists(Res::Services);
 
     // Force relists, and make the first two Service lists fail with 410 Gone.
@@ -313,9 +313,7 @@ async fn gone_on_list_is_retried_while_the_last_snapshot_is_served() {
 async fn dropped_connections_resume() {
     let api = ApiServer::start().await;
     api.apply(ns("a"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     for i in 1..=3 {
         api.drop_connections();
         let ip = format!("10.96.11.{i}");
@@ -331,9 +329,7 @@ async fn a_restart_that_loses_history_is_survived() {
     api.apply(ns("a"));
     api.apply(svc("a", "web", "10.96.12.1"));
     api.apply(svc("a", "old", "10.96.12.9"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
 
     // Down for a while; changes happen meanwhile; the old answers keep being served.
     api.set_down(true);
@@ -372,9 +368,7 @@ async fn a_slow_relist_serves_the_last_snapshot() {
     let api = ApiServer::start().await;
     api.apply(ns("a"));
     api.apply(svc("a", "web", "10.96.13.1"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
 
     api.set_list_delay(Some(Duration::from_secs(2)));
     api.restart();
@@ -399,9 +393,7 @@ async fn objects_that_do_not_convert_keep_their_last_good_version() {
     let api = ApiServer::start().await;
     api.apply(ns("a"));
     api.apply(svc("a", "web", "10.96.14.1"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     until(
         addr,
         "web.a.svc.cluster.local.",
@@ -525,9 +517,7 @@ async fn a_burst_is_coalesced_and_the_serial_follows_the_data() {
     let api = ApiServer::start().await;
     api.apply(ns("a"));
     api.apply(headless("a", "web"));
-    let srv = start_kube_server(&api.kubeconfig(), |_| {}).await;
-    synced(&srv).await;
-    let addr = srv.server.local_addrs()[0];
+    let (srv, addr) = serving(&api).await;
     let serial = soa_serial(addr);
     let generation = srv.view.load().generation;
 
