@@ -146,6 +146,40 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTERDNS_QUERY_LOG", num_args = 0..=1, default_missing_value = "1", value_parser = parse_fraction, value_name = "FRACTION")]
     pub query_log: Option<f64>,
 
+    /// Most TCP connections open at once; more wait in the accept queue.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_TCP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub tcp_max_connections: usize,
+
+    /// A TCP connection without a complete query for this long is closed (also a slowloris
+    /// that sends a length prefix and stops).
+    #[arg(long, env = "CLUSTERDNS_TCP_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub tcp_idle_timeout: Duration,
+
+    /// Response rate limiting on UDP: responses per second per client network (/24, IPv6 /56);
+    /// 0 is off. Past it responses are dropped, every --rrl-slip-th sent truncated.
+    #[arg(long, env = "CLUSTERDNS_RRL", default_value_t = 0, value_name = "RATE")]
+    pub rrl: u32,
+
+    /// With --rrl, every N-th limited response is sent truncated (TC) instead of dropped, so
+    /// real clients retry over TCP; 0 drops them all.
+    #[arg(
+        long,
+        env = "CLUSTERDNS_RRL_SLIP",
+        default_value_t = 2,
+        value_name = "N"
+    )]
+    pub rrl_slip: u32,
+
+    /// With --rrl, limit answers from the cluster's own zones too (by default only forwarded
+    /// and refused names are limited).
+    #[arg(long, env = "CLUSTERDNS_RRL_CLUSTER")]
+    pub rrl_cluster: bool,
+
     /// UDP sockets and threads per listen address (SO_REUSEPORT); 0 means one per CPU.
     #[arg(
         long,
@@ -250,6 +284,15 @@ impl ServeArgs {
         let mut server = ServerConfig {
             listen: self.listen,
             query_log_every,
+            tcp_max_connections: self.tcp_max_connections.max(1),
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            rrl: (self.rrl > 0).then(|| {
+                std::sync::Arc::new(crate::rrl::Rrl::new(
+                    self.rrl,
+                    self.rrl_slip,
+                    self.rrl_cluster,
+                ))
+            }),
             ..ServerConfig::default()
         };
         if self.udp_workers > 0 {

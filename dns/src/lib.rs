@@ -21,6 +21,7 @@ pub mod config;
 pub mod forward;
 pub mod metrics;
 pub mod reload;
+pub mod rrl;
 pub mod server;
 pub mod view;
 pub mod wire;

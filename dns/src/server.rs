@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::answer::{Handled, Step, Transport, combine_chase, handle_query};
 use crate::forward::{ClientFlags, Forwarder, Question, rcode_of};
 use crate::metrics::{Metrics, Observation, QueryStats};
+use crate::rrl::{Rrl, Verdict};
 use crate::view::{DnsView, ViewConfig};
 use crate::wire::EDNS_PAYLOAD;
 
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub query_log_every: u64,
     /// On shutdown, how long open TCP connections may take to finish the query in flight.
     pub tcp_drain: Duration,
+    /// Response rate limiting on UDP; `None` for none.
+    pub rrl: Option<Arc<Rrl>>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             query_log_every: 0,
             tcp_drain: Duration::from_secs(5),
+            rrl: None,
         }
     }
 }
@@ -204,7 +208,7 @@ impl Server {
             local.push(bound);
             for (i, sock) in udp.into_iter().enumerate() {
                 let (view, stop) = (Arc::clone(&view), Arc::clone(&stop));
-                let (fwd, rt) = (Arc::clone(&forwarder), rt.clone());
+                let (fwd, rt, rrl) = (Arc::clone(&forwarder), rt.clone(), cfg.rrl.clone());
                 let guard = AliveGuard::new(&alive);
                 let obs = Observer::new(
                     metrics.register(&bound.to_string(), "udp"),
@@ -215,7 +219,7 @@ impl Server {
                     .name(format!("udp-{i}"))
                     .spawn(move || {
                         let _alive = guard;
-                        udp_worker(Arc::new(sock), view, fwd, stop, obs, rt)
+                        udp_worker(Arc::new(sock), view, fwd, stop, obs, rt, rrl)
                     })
                     .map_err(|source| StartError::Bind {
                         addr: *addr,
@@ -356,6 +360,7 @@ fn udp_worker(
     stop: Arc<AtomicBool>,
     obs: Observer,
     rt: tokio::runtime::Handle,
+    rrl: Option<Arc<Rrl>>,
 ) {
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
@@ -384,6 +389,16 @@ fn udp_worker(
         match handle_query(&v, fwd.as_deref(), &buf[..n], Transport::Udp, &mut out) {
             Step::Drop => {}
             Step::Reply(h) => {
+                // RRL: the cluster's own zones only with --rrl-cluster.
+                if let Some(r) = &rrl
+                    && (h.zone.is_none() || r.cluster_too)
+                {
+                    match r.check(peer.ip(), started) {
+                        Verdict::Send => {}
+                        Verdict::Slip => crate::rrl::truncate(&mut out),
+                        Verdict::Drop => continue,
+                    }
+                }
                 // Counted before it is sent: a client that has its reply sees it in /metrics.
                 obs.observe(peer, &buf[..n], &out, &h, started);
                 if let Err(e) = sock.send_to(&out, peer) {
