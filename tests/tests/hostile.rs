@@ -143,8 +143,10 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want, bool)> {
         vec![0xC0, at, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]
     };
     let forward_rr = {
-        let at = (12 + web.len() + 4 + 2) as u8;
-        vec![0xC0, at, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+        // A well-formed TXT record whose owner points forward, into its own RDATA (a valid
+        // name there): only the pointer's direction is wrong.
+        let rdata_at = (12 + web.len() + 4 + 12) as u8;
+        vec![0xC0, rdata_at, 0, 16, 0, 1, 0, 0, 0, 0, 0, 3, 1, b'a', 0]
     };
     let mut opt_twice = opt(0, 0, &[]);
     opt_twice.extend(opt(0, 0, &[]));
