@@ -448,6 +448,18 @@ impl FileConfig {
         if self.cache.capacity == 0 {
             return Err(invalid("cache.capacity", "must be at least 1"));
         }
+        for (field, d, max_days) in [
+            ("cache.max_ttl", self.cache.max_ttl, 7),
+            ("cache.max_negative_ttl", self.cache.max_negative_ttl, 1),
+            ("cache.serve_stale", self.cache.serve_stale, 7),
+        ] {
+            if d > Duration::from_secs(max_days * 86400) {
+                return Err(invalid(
+                    field,
+                    format!("{d:?} is longer than {max_days} day(s)"),
+                ));
+            }
+        }
         Ok(ForwardConfig {
             zones,
             default,
@@ -537,6 +549,13 @@ mod tests {
                 .starts_with("servers[0].forward.tls: tls:// upstreams need"),
             "{e}"
         );
+        let e = parse(
+            "upstream_resolvers: {upstreams: [\"192.0.2.1\"]}\ncache: {serve_stale: 2000y}\n",
+        )
+        .expect("parses")
+        .resolve(&[])
+        .expect_err("too long");
+        assert!(e.to_string().starts_with("cache.serve_stale: "), "{e}");
         let e = parse("cache: {capacity: 0}\n")
             .expect("parses")
             .resolve(&[])

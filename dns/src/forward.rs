@@ -57,8 +57,9 @@ pub struct Question {
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub label: String,
+    /// Consecutive failures; at MAX_FAILS or more the upstream is down. One word, so a success
+    /// racing a failure cannot leave it marked down after it answered.
     fails: AtomicU32,
-    down: AtomicBool,
     pub requests: AtomicU64,
     pub healthcheck_failures: AtomicU64,
     /// Replies by rcode (index: rcode value, 16 for everything else).
@@ -72,7 +73,6 @@ impl Upstream {
             label: spec.label(),
             spec,
             fails: AtomicU32::new(0),
-            down: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             healthcheck_failures: AtomicU64::new(0),
             responses: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -81,19 +81,19 @@ impl Upstream {
     }
 
     pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
+        self.fails.load(Ordering::Relaxed) >= MAX_FAILS
     }
 
+    /// A failed try. Any answer in between resets the count, so one slow name among answered
+    /// ones does not take a working upstream down.
     fn failed(&self, why: &str) {
-        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= MAX_FAILS && !self.down.swap(true, Ordering::Relaxed) {
+        if self.fails.fetch_add(1, Ordering::Relaxed) + 1 == MAX_FAILS {
             tracing::warn!(upstream = %self.label, error = why, "upstream down; skipping it until it answers a probe");
         }
     }
 
     fn succeeded(&self) {
-        self.fails.store(0, Ordering::Relaxed);
-        if self.down.swap(false, Ordering::Relaxed) {
+        if self.fails.swap(0, Ordering::Relaxed) >= MAX_FAILS {
             tracing::info!(upstream = %self.label, "upstream up again");
         }
     }
@@ -174,6 +174,8 @@ impl Key {
 pub struct Cache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
     capacity: u64,
+    /// How long entries are kept at most (the longest TTL cap plus serve_stale).
+    keep: Duration,
     pub hits_success: AtomicU64,
     pub hits_denial: AtomicU64,
     pub misses: AtomicU64,
@@ -188,6 +190,7 @@ impl Cache {
                 .time_to_live(keep_for.max(Duration::from_secs(1)))
                 .build(),
             capacity,
+            keep: keep_for,
             hits_success: AtomicU64::new(0),
             hits_denial: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -261,7 +264,7 @@ impl Forwarder {
         let keep =
             config.cache.max_ttl.max(config.cache.max_negative_ttl) + config.cache.serve_stale;
         let cache = cache
-            .filter(|c| c.capacity() == config.cache.capacity)
+            .filter(|c| c.capacity() == config.cache.capacity && c.keep == keep)
             .unwrap_or_else(|| Arc::new(Cache::new(config.cache.capacity, keep)));
         let loop_label = format!("clusterdns-loop-{:016x}", fastrand::u64(..)).into_bytes();
         Self {
@@ -313,7 +316,15 @@ impl Forwarder {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let age = e.stored.elapsed().as_secs() as u32;
-                patch_reply(&e.reply, q, id, flags, TtlRule::Subtract(age), out);
+                patch_reply(
+                    &e.reply,
+                    q,
+                    id,
+                    flags,
+                    TtlRule::Subtract(age),
+                    self.cap(&e.reply),
+                    out,
+                );
                 true
             }
             _ => {
@@ -344,8 +355,41 @@ impl Forwarder {
         };
         match self.exchange(&group, q).await {
             Ok(reply) => {
+                // An upstream's SERVFAIL does not replace a good answer still in the cache (fresh,
+                // or within serve_stale): that answer is served instead (RFC 8767).
+                if reply.get(3).is_some_and(|b| b & 0x0F == 2)
+                    && let Some(e) = self.cache.entries.get(&Key::of(q))
+                    && e.reply[3] & 0x0F != 2
+                {
+                    let age = e.stored.elapsed();
+                    if age < e.ttl {
+                        patch_reply(
+                            &e.reply,
+                            q,
+                            id,
+                            flags,
+                            TtlRule::Subtract(age.as_secs() as u32),
+                            self.cap(&e.reply),
+                            out,
+                        );
+                        return rcode_of(out);
+                    }
+                    if age < e.ttl + self.config.cache.serve_stale {
+                        self.cache.served_stale.fetch_add(1, Ordering::Relaxed);
+                        patch_reply(
+                            &e.reply,
+                            q,
+                            id,
+                            flags,
+                            TtlRule::Set(STALE_TTL),
+                            u32::MAX,
+                            out,
+                        );
+                        return rcode_of(out);
+                    }
+                }
                 self.store(q, &reply);
-                patch_reply(&reply, q, id, flags, TtlRule::Keep, out);
+                patch_reply(&reply, q, id, flags, TtlRule::Keep, self.cap(&reply), out);
                 rcode_of(out)
             }
             Err(e) => {
@@ -357,7 +401,15 @@ impl Forwarder {
                     Some(e) => {
                         self.cache.served_stale.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e.ttl.as_secs(), "serving a stale answer");
-                        patch_reply(&e.reply, q, id, flags, TtlRule::Set(STALE_TTL), out);
+                        patch_reply(
+                            &e.reply,
+                            q,
+                            id,
+                            flags,
+                            TtlRule::Set(STALE_TTL),
+                            u32::MAX,
+                            out,
+                        );
                         rcode_of(out)
                     }
                     None => {
@@ -368,6 +420,20 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// The most TTL a client is told for this reply: the cache's caps, so clients keep an
+    /// answer no longer than the cache would.
+    fn cap(&self, reply: &[u8]) -> u32 {
+        let c = &self.config.cache;
+        let negative =
+            reply.get(3).is_some_and(|b| b & 0x0F != 0) || reply.get(6..8) == Some(&[0, 0]);
+        let cap = if negative {
+            c.max_negative_ttl
+        } else {
+            c.max_ttl
+        };
+        u32::try_from(cap.as_secs()).unwrap_or(u32::MAX)
     }
 
     fn store(&self, q: &Question, reply: &[u8]) {
@@ -554,7 +620,12 @@ fn matches(reply: &[u8], id: u16, q: &Question) -> bool {
         && reply[..2] == id.to_be_bytes()
         && reply[2] & 0x80 != 0
         && reply[4..6] == [0, 1]
-        && reply[HEADER_LEN..HEADER_LEN + q.question.len()].eq_ignore_ascii_case(&q.question)
+        && {
+            // The name without case; type and class exactly.
+            let (name, tc) = q.question.split_at(q.question.len() - 4);
+            let got = &reply[HEADER_LEN..HEADER_LEN + q.question.len()];
+            got[..name.len()].eq_ignore_ascii_case(name) && got[name.len()..] == *tc
+        }
 }
 
 async fn query_upstream(
@@ -685,6 +756,7 @@ fn patch_reply(
     id: u16,
     flags: ClientFlags,
     ttl: TtlRule,
+    cap: u32,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -692,6 +764,22 @@ fn patch_reply(
         servfail(q, id, flags, out);
         return;
     };
+    // The upstream's OPT is dropped (ours is appended). Records after it would move, and any
+    // compression pointer into them would break: such a reply (and one with an OPT outside the
+    // additional section, whose counts would then be wrong) is refused.
+    let opts: Vec<usize> = rrs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rtype == rtype::OPT)
+        .map(|(i, _)| i)
+        .collect();
+    if opts
+        .iter()
+        .any(|&i| rrs[i].section != 2 || i + 1 != rrs.len())
+    {
+        servfail(q, id, flags, out);
+        return;
+    }
     // Drop the upstream's OPT (and any option it carried); ours is added below.
     let mut body = Vec::with_capacity(reply.len());
     body.extend_from_slice(&reply[..HEADER_LEN]);
@@ -706,7 +794,8 @@ fn patch_reply(
             TtlRule::Keep => old,
             TtlRule::Subtract(age) => old.saturating_sub(age),
             TtlRule::Set(v) => v,
-        };
+        }
+        .min(cap);
         body[t..t + 4].copy_from_slice(&new.to_be_bytes());
         if rr.section == 2 {
             arcount += 1;
@@ -780,6 +869,7 @@ mod tests {
             0x1234,
             flags,
             TtlRule::Subtract(100),
+            u32::MAX,
             &mut out,
         );
         let m = hickory_proto::op::Message::from_vec(&out).expect("parses");
@@ -808,6 +898,7 @@ mod tests {
             1,
             flags,
             TtlRule::Set(30),
+            u32::MAX,
             &mut out,
         );
         let m = hickory_proto::op::Message::from_vec(&out).expect("parses");
@@ -825,10 +916,44 @@ mod tests {
             1,
             flags,
             TtlRule::Keep,
+            u32::MAX,
             &mut out,
         );
         let m = hickory_proto::op::Message::from_vec(&out).expect("parses");
         assert!(m.metadata.truncation && m.answers.is_empty());
+    }
+
+    #[test]
+    fn ttls_are_capped_and_a_misplaced_opt_is_refused() {
+        let flags = ClientFlags {
+            recursion_desired: true,
+            checking_disabled: false,
+            edns: None,
+            max: 512,
+        };
+        let mut out = Vec::new();
+        patch_reply(
+            &upstream_reply(86400),
+            &q(),
+            1,
+            flags,
+            TtlRule::Keep,
+            3600,
+            &mut out,
+        );
+        let m = hickory_proto::op::Message::from_vec(&out).expect("parses");
+        assert_eq!(m.answers[0].ttl, 3600, "capped as the cache is");
+
+        // An OPT that is not the last record: dropping it would move what follows.
+        let mut r = upstream_reply(60);
+        r[11] = 2; // ARCOUNT 2: the OPT, then a record after it
+        r.extend_from_slice(&[0xC0, 0x0C, 0, 16, 0, 1, 0, 0, 0, 60, 0, 2, 1, b'x']);
+        patch_reply(&r, &q(), 1, flags, TtlRule::Keep, u32::MAX, &mut out);
+        assert_eq!(
+            out[3] & 0x0F,
+            2,
+            "SERVFAIL for a reply that cannot be relayed safely"
+        );
     }
 
     #[test]
@@ -839,5 +964,13 @@ mod tests {
         let mut other = q();
         other.question[1] = b'x';
         assert!(!matches(&r, 0xABCD, &other));
+        // Type 65 ('A') asked, type 97 ('a') answered: not a match, though the bytes differ only
+        // in ASCII case.
+        let mut https = q();
+        let n = https.question.len();
+        https.question[n - 3] = 65;
+        let mut reply = upstream_reply(5);
+        reply[12 + n - 3] = 97;
+        assert!(!matches(&reply, 0xABCD, &https));
     }
 }

@@ -36,6 +36,10 @@ pub struct Rrl {
     /// Limit the cluster's own zones too.
     pub cluster_too: bool,
     buckets: DashMap<[u8; 8], Bucket>,
+    /// When the table was last pruned (milliseconds since `epoch`), so it is pruned at most
+    /// once a second however it is flooded.
+    pruned_ms: AtomicU64,
+    epoch: Instant,
     pub dropped: AtomicU64,
     pub slipped: AtomicU64,
 }
@@ -68,6 +72,8 @@ impl Rrl {
             slip: u64::from(slip),
             cluster_too,
             buckets: DashMap::new(),
+            pruned_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             dropped: AtomicU64::new(0),
             slipped: AtomicU64::new(0),
         }
@@ -76,15 +82,24 @@ impl Rrl {
     /// Charges one response to `client`'s network.
     pub fn check(&self, client: IpAddr, now: Instant) -> Verdict {
         if self.buckets.len() > PRUNE_AT {
-            self.buckets
-                .retain(|_, b| now.duration_since(b.last).as_secs_f64() < IDLE_SECS);
+            let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            let last = self.pruned_ms.load(Ordering::Relaxed);
+            if ms >= last + 1000
+                && self
+                    .pruned_ms
+                    .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.buckets
+                    .retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < IDLE_SECS);
+            }
         }
         let mut b = self.buckets.entry(network(client)).or_insert(Bucket {
             tokens: self.rate,
             last: now,
             limited: 0,
         });
-        let elapsed = now.duration_since(b.last).as_secs_f64();
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.rate);
         b.last = now;
         if b.tokens >= 1.0 {

@@ -389,15 +389,8 @@ fn udp_worker(
         match handle_query(&v, fwd.as_deref(), &buf[..n], Transport::Udp, &mut out) {
             Step::Drop => {}
             Step::Reply(h) => {
-                // RRL: the cluster's own zones only with --rrl-cluster.
-                if let Some(r) = &rrl
-                    && (h.zone.is_none() || r.cluster_too)
-                {
-                    match r.check(peer.ip(), started) {
-                        Verdict::Send => {}
-                        Verdict::Slip => crate::rrl::truncate(&mut out),
-                        Verdict::Drop => continue,
-                    }
+                if !rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                    continue;
                 }
                 // Counted before it is sent: a client that has its reply sees it in /metrics.
                 obs.observe(peer, &buf[..n], &out, &h, started);
@@ -419,16 +412,26 @@ fn udp_worker(
                         rcode: rcode_of(&out),
                         ..handled
                     };
-                    obs.observe(peer, &buf[..n], &out, &h, started);
-                    let _ = sock.send_to(&out, peer);
+                    if rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                        obs.observe(peer, &buf[..n], &out, &h, started);
+                        let _ = sock.send_to(&out, peer);
+                    }
                     continue;
                 }
-                let (sock, obs, query) = (Arc::clone(&sock), obs.clone(), buf[..n].to_vec());
+                let (sock, obs, query, rrl) = (
+                    Arc::clone(&sock),
+                    obs.clone(),
+                    buf[..n].to_vec(),
+                    rrl.clone(),
+                );
                 rt.spawn(async move {
                     let mut out = Vec::new();
                     let rcode = f.resolve(&question, id, flags, &mut out).await;
-                    obs.observe(peer, &query, &out, &Handled { rcode, ..handled }, started);
-                    let _ = sock.send_to(&out, peer);
+                    let h = Handled { rcode, ..handled };
+                    if rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                        obs.observe(peer, &query, &out, &h, started);
+                        let _ = sock.send_to(&out, peer);
+                    }
                 });
             }
             Step::Chase {
@@ -439,14 +442,22 @@ fn udp_worker(
                 let Some(f) = fwd.as_ref().map(Arc::clone) else {
                     continue;
                 };
-                let (sock, obs, query, local) = (
+                let (sock, obs, query, local, rrl) = (
                     Arc::clone(&sock),
                     obs.clone(),
                     buf[..n].to_vec(),
                     out.clone(),
+                    rrl.clone(),
                 );
                 rt.spawn(async move {
-                    let out = chase(&f, &question, flags, &local).await;
+                    let mut out = chase(&f, &question, flags, &local).await;
+                    let h = Handled {
+                        rcode: rcode_of(&out),
+                        ..handled
+                    };
+                    if !rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                        return;
+                    }
                     obs.observe(
                         peer,
                         &query,
@@ -461,6 +472,29 @@ fn udp_worker(
                 });
             }
         }
+    }
+}
+
+/// Response rate limiting for one UDP reply: false when it must be dropped; `out` is cut to a
+/// truncated reply when it slips. The cluster's own zones only with `--rrl-cluster`.
+fn rate_limit(
+    rrl: Option<&Rrl>,
+    h: &Handled,
+    peer: SocketAddr,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(r) = rrl else { return true };
+    if h.zone.is_some() && !r.cluster_too {
+        return true;
+    }
+    match r.check(peer.ip(), now) {
+        Verdict::Send => true,
+        Verdict::Slip => {
+            crate::rrl::truncate(out);
+            true
+        }
+        Verdict::Drop => false,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Knobs {
     pub silent: AtomicBool,
     /// Answer UDP queries with TC and no records.
     pub truncate_udp: AtomicBool,
+    /// Answer everything with SERVFAIL.
+    pub servfail: AtomicBool,
     pub udp_queries: AtomicU64,
     pub tcp_queries: AtomicU64,
     pub tls_queries: AtomicU64,
@@ -172,6 +174,11 @@ fn answer(
         out.set_max_payload(1232);
         out.set_dnssec_ok(e.flags().dnssec_ok);
         resp.edns = Some(out);
+    }
+    if knobs.servfail.load(Ordering::Relaxed) {
+        resp.metadata.response_code = ResponseCode::ServFail;
+        resp.metadata.authoritative = false;
+        return resp.to_vec().ok();
     }
     if !tcp && knobs.truncate_udp.load(Ordering::Relaxed) {
         resp.metadata.truncation = true;

@@ -350,6 +350,20 @@ async fn the_cache_answers_counts_down_and_serves_stale_only_when_allowed() {
             .expect("q");
         assert!(m.answers[0].ttl <= 99, "ttl {}", m.answers[0].ttl);
 
+        // The upstream answers SERVFAIL: a good cached answer wins (fresh, or stale when allowed).
+        up.knobs.servfail.store(true, Ordering::Relaxed);
+        let (rcode, data) = ask(addr, "short.example.", "A").await;
+        if stale {
+            assert_eq!(
+                (rcode, data),
+                (0, vec!["192.0.2.2".to_string()]),
+                "stale beats the upstream's SERVFAIL"
+            );
+        } else {
+            assert_eq!(rcode, 2, "expired, no serve_stale: the upstream's SERVFAIL");
+        }
+        up.knobs.servfail.store(false, Ordering::Relaxed);
+
         // The upstream goes silent: fresh entries still answer; expired ones only with serve_stale.
         up.knobs.silent.store(true, Ordering::Relaxed);
         assert_eq!(ask(addr, "long.example.", "A").await.1, ["192.0.2.1"]);
@@ -521,6 +535,56 @@ async fn a_forwarding_loop_is_detected_and_not_followed() {
         after - before,
         1.0,
         "forwarded (to this server) after the loop was found"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiting_covers_forwarded_and_cached_answers() {
+    let up = Upstream::start(
+        zone("example.", &["amp.example. 300 IN TXT big-answer"]),
+        None,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        dir.path(),
+        &format!("upstream_resolvers:\n  upstreams: [\"{}\"]\n", up.addr),
+    );
+    let path = cfg.clone();
+    let srv = start_server(&fixture_cluster(), move |c| {
+        c.forward = Some(clusterdns::reload::ForwardSource {
+            config: Some(path),
+            upstreams: vec![],
+        });
+        c.server.rrl = Some(Arc::new(clusterdns::rrl::Rrl::new(10, 0, false)));
+    })
+    .await;
+    let addr = srv.server.local_addrs()[0];
+    assert_eq!(ask(addr, "amp.example.", "TXT").await.0, 0, "cached now");
+    let answered = tokio::task::spawn_blocking(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for i in 0..100u16 {
+            s.send_to(
+                &build_query(i, "amp.example.", "TXT", None, false, true),
+                addr,
+            )
+            .expect("send");
+        }
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        let mut n = 0;
+        while s.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("client");
+    assert!(
+        answered < 60,
+        "{answered} of 100 forwarded answers went out past a 10/s limit"
     );
     srv.shutdown().await;
 }
