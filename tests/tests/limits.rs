@@ -28,6 +28,9 @@ async fn idle_and_slowloris_connections_are_closed() {
     .await;
     let addr = srv.server.local_addrs()[0];
     tokio::task::spawn_blocking(move || {
+        // Before connecting: the server's idle clock starts after this, so closing happens no
+        // sooner than a timeout after it.
+        let start = Instant::now();
         // Silent from the start.
         let mut idle = TcpStream::connect(addr).expect("connect");
         // A length prefix, then silence.
@@ -46,7 +49,6 @@ async fn idle_and_slowloris_connections_are_closed() {
             ))[..10],
         )
         .expect("write");
-        let start = Instant::now();
         for (what, s) in [
             ("idle", &mut idle),
             ("slowloris", &mut slow),
