@@ -178,11 +178,15 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
     pos += 4;
     let question_end = pos;
 
-    // Answer and authority records are unusual in a query but legal; skip them. An OPT
-    // record may only appear once, at the root, in the additional section.
+    // A query carries a question and, in the additional section, at most one OPT at the root.
+    // Anything else is FORMERR, as NSD answers: records in the answer or authority section of
+    // a query mean nothing to this server, and refusing them leaves no record data to parse
+    // (TSIG is not supported, so a signed query is refused the same way).
+    if ancount != 0 || nscount != 0 || arcount > 1 {
+        return formerr;
+    }
     let mut edns = None;
-    let total = ancount as usize + nscount as usize + arcount as usize;
-    for i in 0..total {
+    if arcount == 1 {
         let Some((after, root)) = skip_name(msg, pos) else {
             return formerr;
         };
@@ -198,31 +202,25 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         };
         let rdata = after + 10;
         let next = rdata + rdlen as usize;
-        if next > msg.len() {
+        if next > msg.len() || rtype != rtype::OPT || !root {
             return formerr;
         }
-        if rtype == rtype::OPT {
-            let in_additional = i >= ancount as usize + nscount as usize;
-            if !root || !in_additional || edns.is_some() {
+        // Options are TLV pairs; they must tile the rdata exactly.
+        let mut o = rdata;
+        while o < next {
+            let Some(olen) = u16_at(msg, o + 2) else {
                 return formerr;
-            }
-            // Options are TLV pairs; they must tile the rdata exactly.
-            let mut o = rdata;
-            while o < next {
-                let Some(olen) = u16_at(msg, o + 2) else {
-                    return formerr;
-                };
-                o += 4 + olen as usize;
-            }
-            if o != next {
-                return formerr;
-            }
-            edns = Some(Edns {
-                payload: class,
-                version: (ttl_hi & 0xFF) as u8,
-                dnssec_ok: ttl_lo & 0x8000 != 0,
-            });
+            };
+            o += 4 + olen as usize;
         }
+        if o != next {
+            return formerr;
+        }
+        edns = Some(Edns {
+            payload: class,
+            version: (ttl_hi & 0xFF) as u8,
+            dnssec_ok: ttl_lo & 0x8000 != 0,
+        });
         pos = next;
     }
     if pos != msg.len() {
@@ -499,12 +497,35 @@ mod tests {
     }
 
     #[test]
-    fn backward_pointers_in_other_sections_are_fine() {
-        // An answer record whose owner points at the question name.
+    fn only_a_question_and_an_opt() {
+        let fe = |m: &[u8]| {
+            matches!(
+                parse_query(m),
+                Err(Reject::Header {
+                    rcode: Rcode::FormErr,
+                    ..
+                })
+            )
+        };
+        // An answer record, even a well-formed one pointing at the question.
         let rr = [0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 0, 0, 1];
         let mut m = query(b"\x01a\x00", rtype::A, &rr, 0);
         m[7] = 1; // ANCOUNT
-        assert!(parse_query(&m).is_ok());
+        assert!(fe(&m));
+        // The fuzzer's find: an empty type-0 record in the answer section (hickory rejects it).
+        let crash = [
+            0x0a, 0, 0, 0xc7, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0,
+        ];
+        assert!(fe(&crash));
+        // An authority record.
+        let mut m = query(b"\x01a\x00", rtype::A, &rr, 0);
+        m[9] = 1; // NSCOUNT
+        assert!(fe(&m));
+        // An additional record that is not an OPT.
+        assert!(fe(&query(b"\x01a\x00", rtype::A, &rr, 1)));
+        // The OPT alone is fine.
+        assert!(parse_query(&query(b"\x01a\x00", rtype::A, &OPT, 1)).is_ok());
     }
 
     #[test]

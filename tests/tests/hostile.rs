@@ -144,7 +144,9 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want, bool)> {
     };
     let forward_rr = {
         // A well-formed TXT record whose owner points forward, into its own RDATA (a valid
-        // name there): only the pointer's direction is wrong.
+        // name there). Since queries may carry only an OPT besides the question, this is FORMERR
+        // for being there at all; the pointer rules themselves are unit-tested in wire.rs and
+        // guard the parsing of upstream replies.
         let rdata_at = (12 + web.len() + 4 + 12) as u8;
         vec![0xC0, rdata_at, 0, 16, 0, 1, 0, 0, 0, 0, 0, 3, 1, b'a', 0]
     };
