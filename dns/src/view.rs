@@ -201,7 +201,13 @@ fn ip_rdata(ip: &IpAddr) -> (u16, Vec<u8>) {
 
 /// The label of an endpoint without a hostname: its address with `.`/`:` as `-`.
 pub fn dashed(ip: &IpAddr) -> String {
-    ip.to_string().replace(['.', ':'], "-")
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(40);
+    let _ = write!(s, "{ip}");
+    // Same length: '.' and ':' become '-' in place.
+    s.chars()
+        .map(|c| if c == '.' || c == ':' { '-' } else { c })
+        .collect()
 }
 
 /// Reverse name (`4.3.2.1.in-addr.arpa`, 32 nibbles `.ip6.arpa`) in wire form.
@@ -209,10 +215,18 @@ pub fn reverse_wire(ip: &IpAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(74);
     match ip {
         IpAddr::V4(v4) => {
-            for o in v4.octets().iter().rev() {
-                let s = o.to_string();
-                out.push(s.len() as u8);
-                out.extend_from_slice(s.as_bytes());
+            for &o in v4.octets().iter().rev() {
+                // Decimal digits without a temporary string: this runs for every address.
+                let digits: &[u8] = &[o / 100 + b'0', o / 10 % 10 + b'0', o % 10 + b'0'];
+                let skip = if o >= 100 {
+                    0
+                } else if o >= 10 {
+                    1
+                } else {
+                    2
+                };
+                out.push((3 - skip) as u8);
+                out.extend_from_slice(&digits[skip..]);
             }
             out.extend_from_slice(b"\x07in-addr\x04arpa\x00");
         }
@@ -250,7 +264,7 @@ struct Builder<'c> {
     cfg: &'c ViewConfig,
     zone: Vec<u8>,
     pod_apex: Vec<u8>,
-    names: BTreeMap<Vec<u8>, Draft>,
+    names: FxHashMap<Vec<u8>, Draft>,
 }
 
 impl Builder<'_> {
@@ -259,13 +273,23 @@ impl Builder<'_> {
         self.names.entry(wire).or_default()
     }
 
+    /// `labels` + the zone, in lower-case wire form; `None` when a label is empty or too long,
+    /// or the name too long. Written directly: this runs for every name of the cluster.
     fn cluster_name(&self, labels: &[&str]) -> Option<Vec<u8>> {
-        let mut s = labels.join(".");
-        s.push('.');
-        let mut w = name_to_wire(&s).ok()?;
-        w.pop(); // root
+        let len = labels.iter().map(|l| l.len() + 1).sum::<usize>() + self.zone.len();
+        if len > crate::wire::MAX_NAME_LEN {
+            return None;
+        }
+        let mut w = Vec::with_capacity(len);
+        for l in labels {
+            if l.is_empty() || l.len() > 63 {
+                return None;
+            }
+            w.push(l.len() as u8);
+            w.extend(l.bytes().map(|b| b.to_ascii_lowercase()));
+        }
         w.extend_from_slice(&self.zone);
-        (w.len() <= crate::wire::MAX_NAME_LEN).then_some(w)
+        Some(w)
     }
 
     fn add_service(&mut self, snap: &ClusterSnapshot, svc: &Service) {
@@ -291,13 +315,14 @@ impl Builder<'_> {
 
         // Ready endpoints of every slice, by hostname label, with their slice's ports.
         struct Ep {
-            host: String,
+            /// `<host>.<svc>.<ns>.svc.<zone>`, when it makes a valid name.
+            name: Option<Vec<u8>>,
             ip: IpAddr,
-            ports: Vec<(String, discovery::model::Protocol, u16)>,
+            ports: std::rc::Rc<[(String, discovery::model::Protocol, u16)]>,
         }
         let mut eps = Vec::new();
         for slice in snap.slices_of(svc) {
-            let ports: Vec<_> = slice
+            let ports: std::rc::Rc<[_]> = slice
                 .ports
                 .iter()
                 .filter_map(|p| Some((p.name.clone(), p.protocol, p.port?)))
@@ -321,10 +346,11 @@ impl Builder<'_> {
                         (None, Some(p)) => p.to_string(),
                         (None, None) => dashed(ip),
                     };
+                    let name = self.cluster_name(&[&host, &svc.name, &svc.namespace, "svc"]);
                     eps.push(Ep {
-                        host,
+                        name,
                         ip: *ip,
-                        ports: ports.clone(),
+                        ports: std::rc::Rc::clone(&ports),
                     });
                 }
             }
@@ -334,9 +360,8 @@ impl Builder<'_> {
             if eps.is_empty() {
                 return; // NXDOMAIN, as the specification says
             }
-            for ep in &eps {
-                self.name(svc_name.clone()).ips.insert(ep.ip);
-            }
+            let d = self.name(svc_name.clone());
+            d.ips.extend(eps.iter().map(|ep| ep.ip));
         } else {
             let d = self.name(svc_name.clone());
             d.ips.extend(svc.cluster_ips.iter().copied());
@@ -348,23 +373,19 @@ impl Builder<'_> {
 
         // Endpoint names and their PTRs (for ClusterIP services too).
         for ep in &eps {
-            let Some(host_name) = self.cluster_name(&[&ep.host, &svc.name, &svc.namespace, "svc"])
-            else {
-                continue;
-            };
+            let Some(host_name) = &ep.name else { continue };
             self.name(host_name.clone()).ips.insert(ep.ip);
-            self.name(reverse_wire(&ep.ip)).ptr.insert(host_name);
+            self.name(reverse_wire(&ep.ip))
+                .ptr
+                .insert(host_name.clone());
         }
 
         // SRV: one per named port; headless targets are the endpoints, at their ports.
         let mut by_port: BTreeMap<(String, &'static str), BTreeSet<Srv>> = BTreeMap::new();
         if svc.headless {
             for ep in &eps {
-                let Some(target) = self.cluster_name(&[&ep.host, &svc.name, &svc.namespace, "svc"])
-                else {
-                    continue;
-                };
-                for (name, proto, port) in &ep.ports {
+                let Some(target) = &ep.name else { continue };
+                for (name, proto, port) in ep.ports.iter() {
                     if !name.is_empty() {
                         by_port
                             .entry((name.clone(), proto.srv_label()))
@@ -454,7 +475,9 @@ impl Builder<'_> {
         self.name(rev6.clone()).apex = true;
 
         // Empty non-terminals: every ancestor of a name, up to its zone's apex, exists.
-        let mut ents = Vec::new();
+        // The walk up stops at the first ancestor that exists already: its own ancestors are
+        // covered when it is walked (or were, when it was added here).
+        let mut ents: FxHashSet<Vec<u8>> = FxHashSet::default();
         for name in self.names.keys() {
             let apex_len = [&zone, &rev4, &rev6]
                 .iter()
@@ -464,8 +487,12 @@ impl Builder<'_> {
             let mut pos = 0;
             while name.len() - pos > apex_len {
                 pos += 1 + name[pos] as usize;
-                if name.len() - pos > apex_len {
-                    ents.push(name[pos..].to_vec());
+                let parent = &name[pos..];
+                if parent.len() <= apex_len
+                    || self.names.contains_key(parent)
+                    || !ents.insert(parent.to_vec())
+                {
+                    break;
                 }
             }
         }
@@ -738,7 +765,7 @@ impl DnsView {
             cfg,
             zone,
             pod_apex,
-            names: BTreeMap::new(),
+            names: FxHashMap::default(),
         };
         Ok(b.build(snap))
     }
@@ -769,5 +796,29 @@ pub fn parse_pod_label(label: &[u8]) -> Option<IpAddr> {
         s.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
     } else {
         s.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_and_dashed_labels() {
+        let w = |s: &str| reverse_wire(&s.parse().expect("ip"));
+        assert_eq!(
+            w("10.0.96.1"),
+            b"\x011\x0296\x010\x0210\x07in-addr\x04arpa\x00"
+        );
+        assert_eq!(
+            w("255.100.9.0"),
+            b"\x010\x019\x03100\x03255\x07in-addr\x04arpa\x00"
+        );
+        assert_eq!(
+            crate::wire::wire_to_string(&w("fd00::1:2")),
+            "2.0.0.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa."
+        );
+        assert_eq!(dashed(&"10.1.2.3".parse().expect("ip")), "10-1-2-3");
+        assert_eq!(dashed(&"fd00::1".parse().expect("ip")), "fd00--1");
     }
 }
