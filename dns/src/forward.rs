@@ -375,17 +375,8 @@ impl Forwarder {
                         return rcode_of(out);
                     }
                     if age < e.ttl + self.config.cache.serve_stale {
-                        self.cache.served_stale.fetch_add(1, Ordering::Relaxed);
-                        patch_reply(
-                            &e.reply,
-                            q,
-                            id,
-                            flags,
-                            TtlRule::Set(STALE_TTL),
-                            u32::MAX,
-                            out,
-                        );
-                        return rcode_of(out);
+                        tracing::debug!("upstream SERVFAIL; serving a stale answer");
+                        return self.serve_stale(&e, q, id, flags, out);
                     }
                 }
                 self.store(q, &reply);
@@ -398,19 +389,9 @@ impl Forwarder {
                     .flatten()
                     .filter(|e| e.stored.elapsed() < e.ttl + self.config.cache.serve_stale);
                 match stale {
-                    Some(e) => {
-                        self.cache.served_stale.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e.ttl.as_secs(), "serving a stale answer");
-                        patch_reply(
-                            &e.reply,
-                            q,
-                            id,
-                            flags,
-                            TtlRule::Set(STALE_TTL),
-                            u32::MAX,
-                            out,
-                        );
-                        rcode_of(out)
+                    Some(entry) => {
+                        tracing::debug!(error = %e, "forwarding failed; serving a stale answer");
+                        self.serve_stale(&entry, q, id, flags, out)
                     }
                     None => {
                         tracing::debug!(error = %e, "forwarding failed");
@@ -420,6 +401,28 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Serves an expired cache entry within the serve_stale window, with TTL 30 (RFC 8767).
+    fn serve_stale(
+        &self,
+        e: &Entry,
+        q: &Question,
+        id: u16,
+        flags: ClientFlags,
+        out: &mut Vec<u8>,
+    ) -> Rcode {
+        self.cache.served_stale.fetch_add(1, Ordering::Relaxed);
+        patch_reply(
+            &e.reply,
+            q,
+            id,
+            flags,
+            TtlRule::Set(STALE_TTL),
+            u32::MAX,
+            out,
+        );
+        rcode_of(out)
     }
 
     /// The most TTL a client is told for this reply: the cache's caps, so clients keep an
