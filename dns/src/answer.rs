@@ -95,12 +95,16 @@ fn zone_of(view: &DnsView, lname: &[u8]) -> Option<usize> {
 ///
 /// Pure and synchronous: the whole of the server's knowledge is `view`.
 pub fn answer<'v>(view: &'v DnsView, qname: &[u8], qtype: u16, qclass: u16) -> Answer<'v> {
+    let mut buf = [0u8; MAX_NAME_LEN];
+    let len = lowercase_into(qname, &mut buf);
+    answer_lower(view, &buf[..len], qtype, qclass)
+}
+
+/// [`answer`] for a name already in lower case (the query path lowercases once).
+fn answer_lower<'v>(view: &'v DnsView, lname: &[u8], qtype: u16, qclass: u16) -> Answer<'v> {
     if qclass != CLASS_IN && qclass != CLASS_ANY {
         return Answer::empty(Rcode::Refused, None);
     }
-    let mut buf = [0u8; MAX_NAME_LEN];
-    let len = lowercase_into(qname, &mut buf);
-    let lname = &buf[..len];
 
     if let Some(node) = view.names.get(lname) {
         let zone = node.zone as usize;
@@ -414,6 +418,9 @@ pub fn handle_query(
         }
     };
     let max = max_reply(&q, transport);
+    let mut buf = [0u8; MAX_NAME_LEN];
+    let len = lowercase_into(q.qname, &mut buf);
+    let lname = &buf[..len];
     let mut a = if q.edns.is_some_and(|e| e.version > 0) {
         Answer::empty(Rcode::BadVers, None)
     } else if q.qtype == rtype::AXFR || q.qtype == rtype::IXFR {
@@ -424,7 +431,7 @@ pub fn handle_query(
         };
         Answer::empty(rcode, None)
     } else {
-        answer(view, q.qname, q.qtype, q.qclass)
+        answer_lower(view, lname, q.qtype, q.qclass)
     };
     if let Some(f) = fwd
         && a.rcode != Rcode::BadVers
@@ -435,9 +442,6 @@ pub fn handle_query(
             edns: q.edns,
             max,
         };
-        let mut buf = [0u8; MAX_NAME_LEN];
-        let len = lowercase_into(q.qname, &mut buf);
-        let lname = &buf[..len];
         if f.is_loop_probe(lname) {
             if !f
                 .loop_detected

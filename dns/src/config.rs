@@ -468,14 +468,6 @@ impl FileConfig {
     }
 }
 
-impl ForwardConfig {
-    /// The group for a lower-case wire name: the longest configured zone containing it, else the
-    /// default group.
-    pub fn route(&self, lname: &[u8]) -> Option<&Arc<GroupSpec>> {
-        longest_zone(&self.zones, self.default.as_ref(), lname)
-    }
-}
-
 /// The entry of the longest zone containing `lname` (`zones` sorted longest first), else
 /// `default`.
 pub fn longest_zone<'a, T>(
@@ -494,6 +486,10 @@ pub fn longest_zone<'a, T>(
 mod tests {
     use super::*;
 
+    fn route<'a>(f: &'a ForwardConfig, lname: &[u8]) -> Option<&'a Arc<GroupSpec>> {
+        longest_zone(&f.zones, f.default.as_ref(), lname)
+    }
+
     fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         FileConfig::parse(Path::new("c.yaml"), text)
     }
@@ -508,16 +504,14 @@ mod tests {
         .expect("parses");
         let f = c.resolve(&[]).expect("resolves");
         assert_eq!(f.zones.len(), 2);
-        let g = f
-            .route(b"\x01a\x04corp\x07example\x03com\x00")
-            .expect("routed");
+        let g = route(&f, b"\x01a\x04corp\x07example\x03com\x00").expect("routed");
         assert_eq!(
             (g.name.as_str(), g.policy, g.upstreams.len()),
             ("corp", Policy::RoundRobin, 3)
         );
         assert_eq!(g.upstreams[1].addr.port(), 5353);
         assert_eq!(
-            f.route(b"\x07example\x03org\x00")
+            route(&f, b"\x07example\x03org\x00")
                 .expect("default")
                 .upstreams[0]
                 .label(),

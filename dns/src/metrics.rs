@@ -328,35 +328,38 @@ impl Metrics {
         );
         // One cache serves every listen address: it is reported under each, as CoreDNS does
         // for a cache shared by a server block's addresses.
+        let series: [(&str, Option<&str>, u64); 6] = [
+            ("clusterdns_cache_entries", Some("success"), pos),
+            ("clusterdns_cache_entries", Some("denial"), neg),
+            (
+                "clusterdns_cache_hits_total",
+                Some("success"),
+                c.hits_success.load(Ordering::Relaxed),
+            ),
+            (
+                "clusterdns_cache_hits_total",
+                Some("denial"),
+                c.hits_denial.load(Ordering::Relaxed),
+            ),
+            (
+                "clusterdns_cache_misses_total",
+                None,
+                c.misses.load(Ordering::Relaxed),
+            ),
+            (
+                "clusterdns_cache_served_stale_total",
+                None,
+                c.served_stale.load(Ordering::Relaxed),
+            ),
+        ];
         for server in servers {
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_entries{{server=\"{server}\",type=\"success\",zones=\".\",view=\"\"}} {pos}"
-            );
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_entries{{server=\"{server}\",type=\"denial\",zones=\".\",view=\"\"}} {neg}"
-            );
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_hits_total{{server=\"{server}\",type=\"success\",zones=\".\",view=\"\"}} {}",
-                c.hits_success.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_hits_total{{server=\"{server}\",type=\"denial\",zones=\".\",view=\"\"}} {}",
-                c.hits_denial.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_misses_total{{server=\"{server}\",zones=\".\",view=\"\"}} {}",
-                c.misses.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "clusterdns_cache_served_stale_total{{server=\"{server}\",zones=\".\",view=\"\"}} {}",
-                c.served_stale.load(Ordering::Relaxed)
-            );
+            for (name, kind, value) in series {
+                let kind = kind.map(|k| format!("type=\"{k}\",")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{name}{{server=\"{server}\",{kind}zones=\".\",view=\"\"}} {value}"
+                );
+            }
         }
         header(
             out,
