@@ -475,7 +475,7 @@ pub fn watch_dir(
                     while ev_rx.try_recv().is_ok() {}
                 }
                 _ = rescan.tick() => {}
-                _ = publisher_closed(&publisher) => break,
+                _ = publisher.closed() => break,
             }
             let root = dir.root().to_path_buf();
             let (d, report) = match tokio::task::spawn_blocking(move || {
@@ -505,10 +505,6 @@ pub fn watch_dir(
         }
     });
     Ok(rx)
-}
-
-async fn publisher_closed(p: &Publisher) {
-    p.closed().await
 }
 
 #[cfg(test)]
