@@ -4,8 +4,9 @@
 //!
 //!   cargo bench -p clusterdns --bench answer
 //!
-//! `view/build` is also what applying one changed service costs today: every snapshot rebuilds
-//! the whole view (see the README's limits).
+//! `view/build` is the first view of a cluster; `view/update ...` is what the server does for
+//! every later snapshot: the view derived from the previous one, rewriting only what the change
+//! touched (the diff of the two snapshots included).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -132,6 +133,37 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("build 10k services, 50k endpoints", |b| {
         b.iter(|| black_box(DnsView::build(&snap, &cfg).expect("view")))
+    });
+    // One endpoint of one service moves to another address.
+    let mut store = snap.objects.clone();
+    let key = store
+        .endpoint_slices
+        .keys()
+        .nth(4321)
+        .cloned()
+        .expect("slice");
+    let mut slice = (*store.endpoint_slices[&key]).clone();
+    slice.endpoints[0].addresses = vec![IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1))];
+    store.endpoint_slices.insert(key, Arc::new(slice));
+    let moved = ClusterSnapshot::new(store.clone(), 2, 2, true);
+    g.bench_function("update: one endpoint of one service changed", |b| {
+        b.iter(|| black_box(view.update(&snap, &moved)))
+    });
+    // A new service with its endpoints.
+    let mut grown = cluster(1, 1, 5).objects;
+    let svc_key = grown.services.keys().next().cloned().expect("svc");
+    let mut svc = (*grown.services[&svc_key]).clone();
+    svc.namespace = "fresh".into();
+    svc.cluster_ips = vec![IpAddr::V4(Ipv4Addr::new(10, 250, 1, 1))];
+    store.services.insert(svc.key(), Arc::new(svc));
+    for (_, s) in std::mem::take(&mut grown.endpoint_slices) {
+        let mut s = (*s).clone();
+        s.namespace = "fresh".into();
+        store.endpoint_slices.insert(s.key(), Arc::new(s));
+    }
+    let added = ClusterSnapshot::new(store, 3, 3, true);
+    g.bench_function("update: one service added", |b| {
+        b.iter(|| black_box(view.update(&snap, &added)))
     });
     g.finish();
 }

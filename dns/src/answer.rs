@@ -29,7 +29,7 @@ pub enum Transport {
 pub enum Records<'v> {
     None,
     /// A precomputed RRset (or CNAME chain) with its glue.
-    Set(&'v Rrset),
+    Set(Rrset<'v>),
     /// A pod record, synthesized from the name.
     Pod(IpAddr),
 }
@@ -106,13 +106,13 @@ fn answer_lower<'v>(view: &'v DnsView, lname: &[u8], qtype: u16, qclass: u16) ->
         return Answer::empty(Rcode::Refused, None);
     }
 
-    if let Some(node) = view.names.get(lname) {
-        let zone = node.zone as usize;
+    if let Some(node) = view.get(lname) {
+        let zone = node.zone();
         let set = if qtype == rtype::ANY {
             // RFC 8482: one RRset is enough.
-            node.rrsets.first().or(node.fallback.as_deref())
+            node.rrsets().next().or_else(|| node.fallback())
         } else {
-            node.get(qtype).or(node.fallback.as_deref())
+            node.get(qtype).or_else(|| node.fallback())
         };
         return match set {
             Some(rr) if rr.rcode == Rcode::NxDomain && !view.synced => Answer::not_synced(zone),
@@ -125,13 +125,12 @@ fn answer_lower<'v>(view: &'v DnsView, lname: &[u8], qtype: u16, qclass: u16) ->
                 forwardable: false,
                 external: rr
                     .external
-                    .as_deref()
                     .filter(|_| qtype == rtype::A || qtype == rtype::AAAA),
             },
             None => Answer {
                 // An empty non-terminal of a reverse zone is only there because the cluster
                 // knows an address below it: the name is the upstream's to answer.
-                forwardable: zone != CLUSTER_ZONE && node.rrsets.is_empty(),
+                forwardable: zone != CLUSTER_ZONE && !node.has_rrsets(),
                 ..Answer::negative(Rcode::NoError, zone)
             },
         };
@@ -285,7 +284,7 @@ pub fn encode(
     }
     let (answer, ancount, additional, arcount): (&[u8], u16, &[u8], u16) = match a.records {
         Records::None => (&[], 0, &[], 0),
-        Records::Set(rr) => (&rr.answer, rr.ancount, &rr.additional, rr.arcount),
+        Records::Set(rr) => (rr.answer, rr.ancount, rr.additional, rr.arcount),
         Records::Pod(_) => (&[], 1, &[], 0),
     };
     let mut pod = [0u8; 28];

@@ -157,11 +157,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let first = snapshots.borrow_and_update().clone();
     let vcfg = cfg.view.clone();
     let started = std::time::Instant::now();
-    let view = tokio::task::spawn_blocking(move || DnsView::build(&first, &vcfg))
+    let snap = Arc::clone(&first);
+    let view = tokio::task::spawn_blocking(move || DnsView::build(&snap, &vcfg))
         .await
         .context("building the first dns view")??;
     tracing::info!(
-        names = view.names.len(),
+        names = view.len(),
         synced = view.synced,
         build_ms = started.elapsed().as_millis() as u64,
         "dns view built"
@@ -170,7 +171,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new(&cfg.view.zone));
     let updater = tokio::spawn(server::run_view_updater(
         snapshots,
-        cfg.view.clone(),
+        first,
         Arc::clone(&view),
         Arc::clone(&metrics),
         Some(deadline),

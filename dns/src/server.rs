@@ -29,7 +29,7 @@ use crate::answer::{Handled, Step, Transport, combine_chase, handle_query};
 use crate::forward::{ClientFlags, Forwarder, Question, rcode_of};
 use crate::metrics::{Metrics, Observation, QueryStats};
 use crate::rrl::{Rrl, Verdict};
-use crate::view::{DnsView, ViewConfig};
+use crate::view::DnsView;
 use crate::wire::EDNS_PAYLOAD;
 
 /// Socket and connection settings.
@@ -662,15 +662,16 @@ async fn tcp_conn(
     }
 }
 
-/// Rebuilds the view from every snapshot after the one `snapshots` has seen, and swaps it in,
-/// until the snapshots end. Snapshots that arrive while a build runs are coalesced: only the
-/// newest is built.
+/// Updates the view to every snapshot after `built_from` (the one the current view was built
+/// from), and swaps it in, until the snapshots end. Only what changed between two snapshots is
+/// rebuilt ([`DnsView::update`]). Snapshots that arrive while an update runs are coalesced: the
+/// next update goes straight to the newest.
 ///
 /// Until a snapshot is synced, negative answers are SERVFAIL; when `startup_deadline` passes
 /// first, the view answers from what has been listed so far (a warning says so).
 pub async fn run_view_updater(
     mut snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
-    cfg: ViewConfig,
+    mut built_from: Arc<ClusterSnapshot>,
     view: Arc<ArcSwap<DnsView>>,
     metrics: Arc<Metrics>,
     startup_deadline: Option<tokio::time::Instant>,
@@ -688,18 +689,18 @@ pub async fn run_view_updater(
             }
         }
         let snap = snapshots.borrow_and_update().clone();
-        let cfg2 = cfg.clone();
+        let current = view.load_full();
+        let old = Arc::clone(&built_from);
         let started = Instant::now();
-        let built =
-            tokio::task::spawn_blocking(move || DnsView::build(&snap, &cfg2).map(|v| (v, snap)))
-                .await;
+        let built = tokio::task::spawn_blocking(move || (current.update(&old, &snap), snap)).await;
         match built {
-            Ok(Ok((mut v, snap))) => {
+            Ok((mut v, snap)) => {
                 // Negative answers once listed, or once the start-up wait is over; readiness
                 // (`listed`) waits for the real thing.
                 v.synced |= partial_ok;
-                let names = v.names.len();
+                let names = v.len();
                 view.store(Arc::new(v));
+                built_from = Arc::clone(&snap);
                 let now = std::time::SystemTime::now();
                 for t in &snap.changed_at {
                     metrics
@@ -714,15 +715,12 @@ pub async fn run_view_updater(
                     generation = snap.generation,
                     synced = snap.synced,
                     names,
-                    build_ms = started.elapsed().as_millis() as u64,
+                    update_us = started.elapsed().as_micros() as u64,
                     "dns view updated"
                 );
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot build the dns view; keeping the previous one")
-            }
             Err(e) => {
-                tracing::error!(error = %e, "dns view build panicked; keeping the previous one")
+                tracing::error!(error = %e, "dns view update panicked; keeping the previous one")
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The DNS view: every answer the cluster zone can give, precomputed as wire bytes.
 //!
-//! Built off the query path from one [`ClusterSnapshot`] and swapped in whole; never changed
+//! Built off the query path from a [`ClusterSnapshot`] and swapped in whole; never changed
 //! after. Each name that exists is a key (its lower-case wire form, zone included) mapping to
 //! its RRsets. Answer records are stored with the owner written as a compression pointer to the
 //! question (`C0 0C`), so a reply keeps the client's spelling of the name and a hit copies bytes
@@ -10,15 +10,42 @@
 //! Pod names (`<ip>.<ns>.pod.<zone>`) are the one family not stored: they are parsed from the
 //! question and checked against a set of pod addresses (mode `verified`) or not at all (mode
 //! `insecure`).
+//!
+//! ## Layout
+//!
+//! ```text
+//!  DnsView ── shards: [Arc<Shard>; 4096] ──> Shard { data: one byte arena, table: offsets }
+//!                                              record = len | key | zone flags children |
+//!                                                       rrsets (header + answer + glue)
+//! ```
+//!
+//! A name's hash picks its shard; the shard's table holds the offset of the name's record in the
+//! shard's arena. A node is one contiguous record, so the whole view is about two allocations
+//! per shard, and a lookup is one hash, two indexings and a key compare.
+//!
+//! ## Updates
+//!
+//! [`DnsView::update`] derives the next view from this one and the snapshot pair: it finds the
+//! Services whose object or EndpointSlices changed, works out the names each one contributed
+//! before and contributes now, and rewrites only the records that changed. Shards with no
+//! changed record are shared with the previous view (`Arc`), so one changed Service costs a few
+//! shards' worth of copying, not a rebuild. Names shared between Services (reverse names,
+//! `<ns>.svc.<zone>`) are read back from their records, changed and rewritten; every name keeps
+//! the count of its children, so an empty non-terminal disappears with its last child. A full
+//! build is the same update from an empty view. `tests/tests/view_diff.rs` checks that updates
+//! and full builds give the same records.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::Hasher as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use discovery::ClusterSnapshot;
-use discovery::model::{Service, ServiceType};
-use rustc_hash::{FxHashMap, FxHashSet};
+use discovery::model::{ObjectKey, Service, ServiceType};
+use hashbrown::HashTable;
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::wire::{Rcode, is_subdomain, name_to_wire, rtype};
 
@@ -102,38 +129,233 @@ const VERSION_TTL: u32 = 28800;
 /// How many CNAME hops an ExternalName chain is followed inside the zone.
 const MAX_CHASE: usize = 8;
 
+/// Zone indexes in [`DnsView::zones`].
+pub const CLUSTER_ZONE: usize = 0;
+pub const V4_REVERSE_ZONE: usize = 1;
+pub const V6_REVERSE_ZONE: usize = 2;
+
+const REV4_APEX: &[u8] = b"\x07in-addr\x04arpa\x00";
+const REV6_APEX: &[u8] = b"\x03ip6\x04arpa\x00";
+
+// ---------- the record layout ----------
+//
+// record:  len u32 | key_len u8 | key | zone u8 | flags u8 | children u32 | nsets u8 | sets
+// set:     qtype u16 | set_flags u8 | ancount u16 | arcount u16 | ans_len u32 | add_len u32 |
+//          ext_len u8 | answer | additional | external
+// Integers are little-endian (they never leave the process); the bytes of the sets are wire
+// format. With FLAG_FALLBACK the last set is the fallback.
+
+const SHARD_BITS: u32 = 12;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+const FLAG_EXPLICIT: u8 = 1;
+const FLAG_APEX: u8 = 2;
+const FLAG_TXT: u8 = 4;
+const FLAG_FALLBACK: u8 = 8;
+
+const SET_NEGATIVE: u8 = 1;
+const SET_NXDOMAIN: u8 = 2;
+const SET_HEADER: usize = 16;
+
+fn name_hash(name: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(name);
+    h.finish()
+}
+
+fn shard_index(hash: u64) -> usize {
+    // The table inside a shard uses the low and the top bits of the same hash: pick the shard
+    // from a remix so that every shard still sees them spread.
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The name (lower-case wire form) and the rest of a record.
+fn split_record(rec: &[u8]) -> (&[u8], &[u8]) {
+    let klen = rec[4] as usize;
+    (&rec[5..5 + klen], &rec[5 + klen..])
+}
+
+/// One shard of the name table: the records of its names, back to back, and where each starts.
+#[derive(Debug, Default)]
+struct Shard {
+    data: Box<[u8]>,
+    table: HashTable<u32>,
+}
+
+impl Shard {
+    fn build(data: Vec<u8>) -> Self {
+        let data = data.into_boxed_slice();
+        let mut table = HashTable::new();
+        let mut at = 0;
+        while at < data.len() {
+            let len = u32_at(&data, at) as usize;
+            let key = split_record(&data[at..at + len]).0;
+            table.insert_unique(name_hash(key), at as u32, |&o| {
+                name_hash(split_record(&data[o as usize..]).0)
+            });
+            at += len;
+        }
+        Self { data, table }
+    }
+
+    fn get(&self, hash: u64, lname: &[u8]) -> Option<&[u8]> {
+        let at = *self
+            .table
+            .find(hash, |&o| split_record(&self.data[o as usize..]).0 == lname)?
+            as usize;
+        Some(&self.data[at..at + u32_at(&self.data, at) as usize])
+    }
+
+    fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            (at < self.data.len()).then(|| {
+                let len = u32_at(&self.data, at) as usize;
+                let rec = &self.data[at..at + len];
+                at += len;
+                rec
+            })
+        })
+    }
+}
+
 /// One RRset (or a CNAME chain) ready to copy into a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rrset {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rrset<'v> {
     pub qtype: u16,
     /// NOERROR, or NXDOMAIN at the end of a CNAME chain into a name that does not exist.
     pub rcode: Rcode,
     /// True when the reply needs the zone SOA in AUTHORITY (a chain that ends in a negative).
     pub negative: bool,
-    pub answer: Box<[u8]>,
+    pub answer: &'v [u8],
     pub ancount: u16,
     /// Glue: the addresses of SRV and NS targets.
-    pub additional: Box<[u8]>,
+    pub additional: &'v [u8],
     pub arcount: u16,
     /// Where a CNAME chain leaves the zone (lower-case wire): the rest is the forwarder's to
     /// resolve, when there is one.
-    pub external: Option<Box<[u8]>>,
+    pub external: Option<&'v [u8]>,
 }
 
-/// A name that exists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Node {
+impl<'v> Rrset<'v> {
+    /// The set at the start of `b`, and what follows it.
+    fn parse(b: &'v [u8]) -> (Self, &'v [u8]) {
+        let flags = b[2];
+        let ans = u32_at(b, 7) as usize;
+        let add = u32_at(b, 11) as usize;
+        let ext = b[15] as usize;
+        let body = &b[SET_HEADER..];
+        let set = Self {
+            qtype: u16_at(b, 0),
+            rcode: if flags & SET_NXDOMAIN != 0 {
+                Rcode::NxDomain
+            } else {
+                Rcode::NoError
+            },
+            negative: flags & SET_NEGATIVE != 0,
+            answer: &body[..ans],
+            ancount: u16_at(b, 3),
+            additional: &body[ans..ans + add],
+            arcount: u16_at(b, 5),
+            external: (ext > 0).then(|| &body[ans + add..ans + add + ext]),
+        };
+        (set, &body[ans + add + ext..])
+    }
+
+    /// The rdata of each record, for sets whose owners are all the question pointer.
+    fn rdatas(&self) -> impl Iterator<Item = &'v [u8]> {
+        let mut rest = self.answer;
+        std::iter::from_fn(move || {
+            // owner pointer (2), type, class, TTL, rdlength (10), rdata
+            (rest.len() >= 12).then(|| {
+                let len = u16::from_be_bytes([rest[10], rest[11]]) as usize;
+                let rdata = &rest[12..12 + len];
+                rest = &rest[12 + len..];
+                rdata
+            })
+        })
+    }
+}
+
+/// A name that exists: a view into its record.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'v> {
+    zone: u8,
+    flags: u8,
+    children: u32,
+    nsets: u8,
+    sets: &'v [u8],
+}
+
+impl<'v> Node<'v> {
+    fn parse(body: &'v [u8]) -> Self {
+        Self {
+            zone: body[0],
+            flags: body[1],
+            children: u32_at(body, 2),
+            nsets: body[6],
+            sets: &body[7..],
+        }
+    }
+
     /// The zone the name is in (index into [`DnsView::zones`]).
-    pub zone: u8,
-    /// Sorted by type.
-    pub rrsets: Box<[Rrset]>,
-    /// The answer for every type without its own RRset: the CNAME of an ExternalName service.
-    pub fallback: Option<Box<Rrset>>,
-}
+    pub fn zone(&self) -> usize {
+        self.zone as usize
+    }
 
-impl Node {
-    pub fn get(&self, qtype: u16) -> Option<&Rrset> {
-        self.rrsets.iter().find(|r| r.qtype == qtype)
+    fn all(&self) -> impl Iterator<Item = Rrset<'v>> {
+        let mut rest = self.sets;
+        (0..self.nsets).map(move |_| {
+            let (set, next) = Rrset::parse(rest);
+            rest = next;
+            set
+        })
+    }
+
+    fn own_count(&self) -> usize {
+        self.nsets as usize - usize::from(self.flags & FLAG_FALLBACK != 0)
+    }
+
+    /// The RRsets of the name, by type.
+    pub fn rrsets(&self) -> impl Iterator<Item = Rrset<'v>> {
+        self.all().take(self.own_count())
+    }
+
+    #[inline]
+    pub fn get(&self, qtype: u16) -> Option<Rrset<'v>> {
+        // Skips by the header alone: only the set asked for is taken apart.
+        let mut rest = self.sets;
+        for _ in 0..self.own_count() {
+            if u16_at(rest, 0) == qtype {
+                return Some(Rrset::parse(rest).0);
+            }
+            let len = SET_HEADER
+                + u32_at(rest, 7) as usize
+                + u32_at(rest, 11) as usize
+                + rest[15] as usize;
+            rest = &rest[len..];
+        }
+        None
+    }
+
+    /// The answer for every type without its own RRset: the CNAME of an ExternalName service.
+    pub fn fallback(&self) -> Option<Rrset<'v>> {
+        (self.flags & FLAG_FALLBACK != 0)
+            .then(|| self.all().last())
+            .flatten()
+    }
+
+    /// True when the name has RRsets of its own (it is not an empty non-terminal).
+    pub fn has_rrsets(&self) -> bool {
+        self.own_count() > 0
     }
 }
 
@@ -146,22 +368,18 @@ pub struct Zone {
     pub soa_tail: Box<[u8]>,
 }
 
-/// Zone indexes in [`DnsView::zones`].
-pub const CLUSTER_ZONE: usize = 0;
-pub const V4_REVERSE_ZONE: usize = 1;
-pub const V6_REVERSE_ZONE: usize = 2;
-
 /// The immutable answer table.
 #[derive(Debug)]
 pub struct DnsView {
-    pub names: FxHashMap<Box<[u8]>, Node>,
+    shards: Arc<[Arc<Shard>]>,
+    len: usize,
     /// Cluster zone first, then `in-addr.arpa`, then `ip6.arpa`.
     pub zones: [Zone; 3],
     /// Lower-case wire form of `pod.<zone>`.
     pub pod_apex: Box<[u8]>,
     pub pods: PodMode,
     /// Pod addresses and the namespaces (lower-case labels) that have a pod with it.
-    pub pod_ips: FxHashMap<IpAddr, Vec<Box<[u8]>>>,
+    pub pod_ips: Arc<FxHashMap<IpAddr, Vec<Box<[u8]>>>>,
     pub ttl: u32,
     /// False until negative answers may be given: the source has listed everything, or the
     /// start-up wait is over. Until then they are SERVFAIL.
@@ -169,6 +387,9 @@ pub struct DnsView {
     /// True once the source has listed everything (what readiness reports).
     pub listed: bool,
     pub generation: u64,
+    cfg: Arc<ViewConfig>,
+    /// ExternalName services whose target is in the zone: their answers follow other names.
+    chasers: Arc<BTreeSet<Box<[u8]>>>,
 }
 
 /// Errors in the view configuration.
@@ -176,6 +397,107 @@ pub struct DnsView {
 pub enum ViewError {
     #[error("cluster domain {0:?}: {1}")]
     Zone(String, crate::wire::NameError),
+}
+
+impl DnsView {
+    /// Builds the view of `snap`.
+    pub fn build(snap: &ClusterSnapshot, cfg: &ViewConfig) -> Result<Self, ViewError> {
+        let zone = name_to_wire(&cfg.zone).map_err(|e| ViewError::Zone(cfg.zone.clone(), e))?;
+        let mut pod_apex = b"\x03pod".to_vec();
+        pod_apex.extend_from_slice(&zone);
+        let empty = Arc::new(Shard::default());
+        let soa = Zone {
+            apex: Box::new([]),
+            soa_tail: Box::new([]),
+        };
+        let base = Self {
+            shards: (0..SHARDS).map(|_| Arc::clone(&empty)).collect(),
+            len: 0,
+            zones: [
+                Zone {
+                    apex: zone.into(),
+                    ..soa.clone()
+                },
+                Zone {
+                    apex: REV4_APEX.into(),
+                    ..soa.clone()
+                },
+                Zone {
+                    apex: REV6_APEX.into(),
+                    ..soa
+                },
+            ],
+            pod_apex: pod_apex.into(),
+            pods: cfg.pods,
+            pod_ips: Arc::default(),
+            ttl: cfg.ttl,
+            synced: false,
+            listed: false,
+            generation: 0,
+            cfg: Arc::new(cfg.clone()),
+            chasers: Arc::default(),
+        };
+        Ok(Patch::new(&base).run(None, snap))
+    }
+
+    /// An empty, unsynced view: cluster names answer SERVFAIL until the first snapshot.
+    pub fn empty(cfg: &ViewConfig) -> Result<Self, ViewError> {
+        Self::build(&ClusterSnapshot::default(), cfg)
+    }
+
+    /// The view of `new`, from this view of `old`: only what changed between the two is
+    /// rebuilt. `old` must be the snapshot this view was built or updated from.
+    pub fn update(&self, old: &ClusterSnapshot, new: &ClusterSnapshot) -> Self {
+        Patch::new(self).run(Some(old), new)
+    }
+
+    /// The configuration the view was built with.
+    pub fn config(&self) -> &ViewConfig {
+        &self.cfg
+    }
+
+    /// The node of `lname` (lower-case wire form), when the name exists.
+    #[inline]
+    pub fn get(&self, lname: &[u8]) -> Option<Node<'_>> {
+        let hash = name_hash(lname);
+        let rec = self.shards[shard_index(hash)].get(hash, lname)?;
+        Some(Node::parse(split_record(rec).1))
+    }
+
+    /// How many names exist.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every name with its whole record, in name order: what two views are compared by.
+    pub fn dump(&self) -> BTreeMap<Box<[u8]>, Box<[u8]>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.records())
+            .map(|rec| (split_record(rec).0.into(), split_record(rec).1.into()))
+            .collect()
+    }
+}
+
+/// The zone a name is in (index into [`DnsView::zones`]).
+fn zone_index(name: &[u8]) -> u8 {
+    if is_subdomain(name, REV4_APEX) {
+        V4_REVERSE_ZONE as u8
+    } else if is_subdomain(name, REV6_APEX) {
+        V6_REVERSE_ZONE as u8
+    } else {
+        CLUSTER_ZONE as u8
+    }
+}
+
+impl DnsView {
+    fn is_apex(&self, name: &[u8]) -> bool {
+        self.zones.iter().any(|z| *z.apex == *name)
+    }
 }
 
 // ---------- building ----------
@@ -192,21 +514,37 @@ fn push_rr(buf: &mut Vec<u8>, owner: Option<&[u8]>, rtype: u16, ttl: u32, rdata:
     buf.extend_from_slice(rdata);
 }
 
-fn ip_rdata(ip: &IpAddr) -> (u16, Vec<u8>) {
+/// The type and rdata of an address record (the rdata is the first 4 or all 16 bytes).
+fn ip_rdata(ip: &IpAddr) -> (u16, [u8; 16], usize) {
     match ip {
-        IpAddr::V4(v4) => (rtype::A, v4.octets().to_vec()),
-        IpAddr::V6(v6) => (rtype::AAAA, v6.octets().to_vec()),
+        IpAddr::V4(v4) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (rtype::A, b, 4)
+        }
+        IpAddr::V6(v6) => (rtype::AAAA, v6.octets(), 16),
     }
 }
 
 /// The label of an endpoint without a hostname: its address with `.`/`:` as `-`.
 pub fn dashed(ip: &IpAddr) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(40);
-    let _ = write!(s, "{ip}");
-    // Same length: '.' and ':' become '-' in place.
-    s.chars()
-        .map(|c| if c == '.' || c == ':' { '-' } else { c })
+    use std::io::Write as _;
+    // Formatted on the stack (an IPv6 address is at most 45 characters), one allocation.
+    let mut buf = [0u8; 48];
+    let len = {
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        48 - w.len()
+    };
+    buf[..len]
+        .iter()
+        .map(|&b| {
+            if b == b'.' || b == b':' {
+                '-'
+            } else {
+                b as char
+            }
+        })
         .collect()
 }
 
@@ -228,7 +566,7 @@ pub fn reverse_wire(ip: &IpAddr) -> Vec<u8> {
                 out.push((3 - skip) as u8);
                 out.extend_from_slice(&digits[skip..]);
             }
-            out.extend_from_slice(b"\x07in-addr\x04arpa\x00");
+            out.extend_from_slice(REV4_APEX);
         }
         IpAddr::V6(v6) => {
             for o in v6.octets().iter().rev() {
@@ -237,10 +575,16 @@ pub fn reverse_wire(ip: &IpAddr) -> Vec<u8> {
                     out.push(b"0123456789abcdef"[nibble as usize]);
                 }
             }
-            out.extend_from_slice(b"\x03ip6\x04arpa\x00");
+            out.extend_from_slice(REV6_APEX);
         }
     }
     out
+}
+
+/// The parent of a name (wire form), `None` for the root.
+fn parent(name: &[u8]) -> Option<&[u8]> {
+    let skip = 1 + *name.first()? as usize;
+    (skip < name.len()).then(|| &name[skip..])
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -249,30 +593,135 @@ struct Srv {
     target: Vec<u8>,
 }
 
-/// Records of one name while the view is being built.
-#[derive(Debug, Default)]
+/// The records of one name while a view is being built or changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Draft {
     ips: BTreeSet<IpAddr>,
     srv: BTreeSet<Srv>,
     ptr: BTreeSet<Vec<u8>>,
     cname: Option<Vec<u8>>,
     apex: bool,
-    txt: Option<&'static str>,
+    txt: bool,
+    /// Exists whatever is below it (a namespace, a zone apex, the fixed names).
+    explicit: bool,
+    /// How many names exist directly below this one.
+    children: u32,
 }
 
-struct Builder<'c> {
-    cfg: &'c ViewConfig,
-    zone: Vec<u8>,
-    pod_apex: Vec<u8>,
-    names: FxHashMap<Vec<u8>, Draft>,
-}
-
-impl Builder<'_> {
-    /// The draft of a name (lower-case wire form), created empty if new: the name exists.
-    fn name(&mut self, wire: Vec<u8>) -> &mut Draft {
-        self.names.entry(wire).or_default()
+impl Draft {
+    fn has_records(&self) -> bool {
+        !self.ips.is_empty()
+            || !self.srv.is_empty()
+            || !self.ptr.is_empty()
+            || self.cname.is_some()
+            || self.apex
+            || self.txt
     }
 
+    /// Reads the records of a node back (the inverse of [`Ctx::render`]).
+    fn from_node(node: &Node<'_>) -> Self {
+        let mut d = Self {
+            apex: node.flags & FLAG_APEX != 0,
+            txt: node.flags & FLAG_TXT != 0,
+            explicit: node.flags & FLAG_EXPLICIT != 0,
+            children: node.children,
+            ..Self::default()
+        };
+        if let Some(f) = node.fallback() {
+            // An ExternalName: its A and AAAA sets are the chased chain, not addresses.
+            d.cname = f.rdatas().next().map(<[u8]>::to_vec);
+            return d;
+        }
+        for set in node.rrsets() {
+            for rd in set.rdatas() {
+                match set.qtype {
+                    rtype::A => {
+                        if let Ok(o) = <[u8; 4]>::try_from(rd) {
+                            d.ips.insert(IpAddr::from(o));
+                        }
+                    }
+                    rtype::AAAA => {
+                        if let Ok(o) = <[u8; 16]>::try_from(rd) {
+                            d.ips.insert(IpAddr::from(o));
+                        }
+                    }
+                    rtype::PTR => {
+                        d.ptr.insert(rd.to_vec());
+                    }
+                    rtype::SRV if rd.len() > 6 => {
+                        d.srv.insert(Srv {
+                            port: u16::from_be_bytes([rd[4], rd[5]]),
+                            target: rd[6..].to_vec(),
+                        });
+                    }
+                    _ => {} // NS, SOA and TXT follow from the flags
+                }
+            }
+        }
+        d
+    }
+}
+
+/// An RRset while it is being written.
+#[derive(Debug, Default)]
+struct SetDraft {
+    qtype: u16,
+    nxdomain: bool,
+    negative: bool,
+    answer: Vec<u8>,
+    ancount: u16,
+    additional: Vec<u8>,
+    arcount: u16,
+    external: Option<Vec<u8>>,
+}
+
+impl SetDraft {
+    fn simple(qtype: u16, answer: Vec<u8>, ancount: u16) -> Self {
+        Self {
+            qtype,
+            answer,
+            ancount,
+            ..Self::default()
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        let ext = self.external.as_deref().unwrap_or_default();
+        out.extend_from_slice(&self.qtype.to_le_bytes());
+        out.push(
+            if self.negative { SET_NEGATIVE } else { 0 }
+                | if self.nxdomain { SET_NXDOMAIN } else { 0 },
+        );
+        out.extend_from_slice(&self.ancount.to_le_bytes());
+        out.extend_from_slice(&self.arcount.to_le_bytes());
+        out.extend_from_slice(&(self.answer.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.additional.len() as u32).to_le_bytes());
+        out.push(ext.len() as u8);
+        out.extend_from_slice(&self.answer);
+        out.extend_from_slice(&self.additional);
+        out.extend_from_slice(ext);
+    }
+}
+
+/// Where a name in a CNAME chain leads.
+enum Target {
+    Missing,
+    Cname(Vec<u8>),
+    Addrs(Vec<IpAddr>),
+}
+
+/// What every record is rendered with.
+struct Ctx<'c> {
+    cfg: &'c ViewConfig,
+    /// The cluster zone, lower-case wire form.
+    zone: Vec<u8>,
+    pod_apex: Vec<u8>,
+    ns_dns: Vec<u8>,
+    /// The zones' SOA after its owner.
+    soa_tail: Vec<u8>,
+}
+
+impl Ctx<'_> {
     /// `labels` + the zone, in lower-case wire form; `None` when a label is empty or too long,
     /// or the name too long. Written directly: this runs for every name of the cluster.
     fn cluster_name(&self, labels: &[&str]) -> Option<Vec<u8>> {
@@ -292,8 +741,173 @@ impl Builder<'_> {
         Some(w)
     }
 
-    fn add_service(&mut self, snap: &ClusterSnapshot, svc: &Service) {
-        let Some(svc_name) = self.cluster_name(&[&svc.name, &svc.namespace, "svc"]) else {
+    /// Address records of `name` with its owner written out, for glue and chased CNAMEs.
+    fn addr_records(
+        &self,
+        name: &[u8],
+        ips: &[IpAddr],
+        want: Option<u16>,
+        buf: &mut Vec<u8>,
+    ) -> u16 {
+        let mut n = 0;
+        for ip in ips {
+            let (t, rd, len) = ip_rdata(ip);
+            if want.is_none_or(|w| w == t) {
+                push_rr(buf, Some(name), t, self.cfg.ttl, &rd[..len]);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The record of `name`. `addrs` gives the addresses of SRV and NS targets; `chased` are
+    /// the A and AAAA answers of an ExternalName whose target is in the zone.
+    fn render(
+        &self,
+        out: &mut Vec<u8>,
+        name: &[u8],
+        d: &Draft,
+        children: u32,
+        addrs: &dyn Fn(&[u8]) -> Vec<IpAddr>,
+        chased: Vec<SetDraft>,
+    ) {
+        let ttl = self.cfg.ttl;
+        let mut sets = Vec::new();
+        for t in [rtype::A, rtype::AAAA] {
+            let mut buf = Vec::new();
+            let mut n = 0;
+            for ip in &d.ips {
+                let (it, rd, len) = ip_rdata(ip);
+                if it == t {
+                    push_rr(&mut buf, None, t, ttl, &rd[..len]);
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                sets.push(SetDraft::simple(t, buf, n));
+            }
+        }
+        if d.apex {
+            let mut ans = Vec::new();
+            push_rr(&mut ans, None, rtype::NS, ttl, &self.ns_dns);
+            let mut ns = SetDraft::simple(rtype::NS, ans, 1);
+            if name == self.zone.as_slice() {
+                ns.arcount =
+                    self.addr_records(&self.ns_dns, &addrs(&self.ns_dns), None, &mut ns.additional);
+            }
+            sets.push(ns);
+            // The SOA: owner is the question, the rest as in AUTHORITY.
+            let mut soa = vec![0xC0, 0x0C];
+            soa.extend_from_slice(&self.soa_tail);
+            sets.push(SetDraft::simple(rtype::SOA, soa, 1));
+        }
+        if d.txt {
+            let version = "1.1.0";
+            let mut rd = vec![version.len() as u8];
+            rd.extend_from_slice(version.as_bytes());
+            let mut buf = Vec::new();
+            push_rr(&mut buf, None, rtype::TXT, VERSION_TTL, &rd);
+            sets.push(SetDraft::simple(rtype::TXT, buf, 1));
+        }
+        if !d.ptr.is_empty() {
+            let mut buf = Vec::new();
+            for target in &d.ptr {
+                push_rr(&mut buf, None, rtype::PTR, ttl, target);
+            }
+            sets.push(SetDraft::simple(rtype::PTR, buf, d.ptr.len() as u16));
+        }
+        if !d.srv.is_empty() {
+            let weight = (100 / d.srv.len()).max(1) as u16;
+            let mut set = SetDraft::simple(rtype::SRV, Vec::new(), d.srv.len() as u16);
+            let mut targets = BTreeSet::new();
+            for s in &d.srv {
+                let mut rd = Vec::with_capacity(6 + s.target.len());
+                rd.extend_from_slice(&0u16.to_be_bytes());
+                rd.extend_from_slice(&weight.to_be_bytes());
+                rd.extend_from_slice(&s.port.to_be_bytes());
+                rd.extend_from_slice(&s.target);
+                push_rr(&mut set.answer, None, rtype::SRV, ttl, &rd);
+                if targets.insert(s.target.as_slice()) {
+                    set.arcount +=
+                        self.addr_records(&s.target, &addrs(&s.target), None, &mut set.additional);
+                }
+            }
+            sets.push(set);
+        }
+        sets.sort_by_key(|s| s.qtype);
+        sets.extend(chased);
+        let fallback = d.cname.as_ref().map(|target| {
+            // ExternalName: a CNAME for every type without its own set.
+            let mut plain = Vec::new();
+            push_rr(&mut plain, None, rtype::CNAME, ttl, target);
+            SetDraft::simple(rtype::CNAME, plain, 1)
+        });
+
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        out.push(zone_index(name));
+        out.push(
+            if d.explicit { FLAG_EXPLICIT } else { 0 }
+                | if d.apex { FLAG_APEX } else { 0 }
+                | if d.txt { FLAG_TXT } else { 0 }
+                | if fallback.is_some() { FLAG_FALLBACK } else { 0 },
+        );
+        out.extend_from_slice(&children.to_le_bytes());
+        out.push((sets.len() + usize::from(fallback.is_some())) as u8);
+        for s in sets.iter().chain(&fallback) {
+            s.write(out);
+        }
+        let len = (out.len() - start) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// The names one Service contributes, worked out from one snapshot.
+#[derive(Debug, Default)]
+struct Fragment {
+    /// `<svc>.<ns>.svc.<zone>`, when the service has any name.
+    top: Option<Vec<u8>>,
+    /// Its names (all at or below `top`): no other service has them.
+    own: FxHashMap<Vec<u8>, Draft>,
+    /// `(reverse name, target)`: reverse names are shared with other services.
+    ptrs: BTreeSet<(Vec<u8>, Vec<u8>)>,
+    /// The service is an ExternalName whose target is in the zone.
+    chases: bool,
+}
+
+impl Fragment {
+    fn of(ctx: &Ctx<'_>, snap: &ClusterSnapshot, svc: &Service) -> Self {
+        let mut f = Self::default();
+        f.add_service(ctx, snap, svc);
+        let Some(top) = f.top.clone() else {
+            return f;
+        };
+        // Empty non-terminals inside the service (`_tcp.<svc>...`).
+        let mut ents: Vec<Vec<u8>> = Vec::new();
+        for name in f.own.keys() {
+            let mut at = name.as_slice();
+            while let Some(p) = parent(at).filter(|p| p.len() > top.len()) {
+                if f.own.contains_key(p) || ents.iter().any(|e| e == p) {
+                    break;
+                }
+                ents.push(p.to_vec());
+                at = p;
+            }
+        }
+        for e in ents {
+            f.own.insert(e, Draft::default());
+        }
+        f
+    }
+
+    fn name(&mut self, wire: Vec<u8>) -> &mut Draft {
+        self.own.entry(wire).or_default()
+    }
+
+    fn add_service(&mut self, ctx: &Ctx<'_>, snap: &ClusterSnapshot, svc: &Service) {
+        let Some(svc_name) = ctx.cluster_name(&[&svc.name, &svc.namespace, "svc"]) else {
             return;
         };
         if svc.type_ == ServiceType::ExternalName {
@@ -305,7 +919,11 @@ impl Builder<'_> {
                 return;
             }
             match name_to_wire(target) {
-                Ok(t) => self.name(svc_name).cname = Some(t),
+                Ok(t) => {
+                    self.chases = is_subdomain(&t.to_ascii_lowercase(), &ctx.zone);
+                    self.name(svc_name.clone()).cname = Some(t);
+                    self.top = Some(svc_name);
+                }
                 Err(e) => {
                     tracing::warn!(service = %svc.key(), error = %e, "ExternalName is not a valid DNS name; not served")
                 }
@@ -337,7 +955,7 @@ impl Builder<'_> {
                 let pod_name = ep
                     .target_ref
                     .as_ref()
-                    .filter(|r| self.cfg.endpoint_pod_names && r.kind == "Pod")
+                    .filter(|r| ctx.cfg.endpoint_pod_names && r.kind == "Pod")
                     .map(|r| r.name.as_str())
                     .filter(|n| discovery::model::is_dns_label(n));
                 for ip in &ep.addresses {
@@ -346,7 +964,7 @@ impl Builder<'_> {
                         (None, Some(p)) => p.to_string(),
                         (None, None) => dashed(ip),
                     };
-                    let name = self.cluster_name(&[&host, &svc.name, &svc.namespace, "svc"]);
+                    let name = ctx.cluster_name(&[&host, &svc.name, &svc.namespace, "svc"]);
                     eps.push(Ep {
                         name,
                         ip: *ip,
@@ -366,18 +984,16 @@ impl Builder<'_> {
             let d = self.name(svc_name.clone());
             d.ips.extend(svc.cluster_ips.iter().copied());
             for ip in &svc.cluster_ips {
-                let rev = reverse_wire(ip);
-                self.name(rev).ptr.insert(svc_name.clone());
+                self.ptrs.insert((reverse_wire(ip), svc_name.clone()));
             }
         }
+        self.top = Some(svc_name.clone());
 
         // Endpoint names and their PTRs (for ClusterIP services too).
         for ep in &eps {
             let Some(host_name) = &ep.name else { continue };
             self.name(host_name.clone()).ips.insert(ep.ip);
-            self.name(reverse_wire(&ep.ip))
-                .ptr
-                .insert(host_name.clone());
+            self.ptrs.insert((reverse_wire(&ep.ip), host_name.clone()));
         }
 
         // SRV: one per named port; headless targets are the endpoints, at their ports.
@@ -412,368 +1028,660 @@ impl Builder<'_> {
         }
         for ((port, proto), recs) in by_port {
             let (p, pr) = (format!("_{port}"), format!("_{proto}"));
-            if let Some(n) = self.cluster_name(&[&p, &pr, &svc.name, &svc.namespace, "svc"]) {
+            if let Some(n) = ctx.cluster_name(&[&p, &pr, &svc.name, &svc.namespace, "svc"]) {
                 self.name(n).srv.extend(recs.iter().cloned());
             }
             self.name(svc_name.clone()).srv.extend(recs);
         }
     }
+}
 
-    fn build(mut self, snap: &ClusterSnapshot) -> DnsView {
-        let cfg = self.cfg;
-        let zone = self.zone.clone();
-        let apex = self.name(zone.clone());
-        apex.apex = true;
-        let ns_dns = self.cluster_name(&["ns", "dns"]).unwrap_or_default();
-        let dns_ips: Vec<IpAddr> = match snap.service(&cfg.dns_service.0, &cfg.dns_service.1) {
-            Some(s) if !s.cluster_ips.is_empty() => s.cluster_ips.clone(),
-            _ => cfg.fallback_ns_ips.clone(),
-        };
-        self.name(ns_dns.clone()).ips.extend(dns_ips);
-        if let Some(v) = self.cluster_name(&["dns-version"]) {
-            self.name(v).txt = Some("1.1.0");
-        }
-        for extra in [["svc"], ["pod"]] {
-            if let Some(n) = self.cluster_name(&extra) {
-                self.name(n);
-            }
-        }
-        for ns in snap.objects.namespaces.iter().filter(|n| cfg.serves(n)) {
-            if let Some(n) = self.cluster_name(&[ns, "svc"]) {
-                self.name(n);
-            }
-            if cfg.pods != PodMode::Disabled
-                && let Some(n) = self.cluster_name(&[ns, "pod"])
-            {
-                self.name(n);
-            }
-        }
-        if cfg.pods == PodMode::Verified {
-            // A pod name implies its namespace name, even without a Namespace object.
-            for pod in snap
-                .objects
-                .pods
-                .values()
-                .filter(|p| !p.ips.is_empty() && cfg.serves(&p.namespace))
-            {
-                if let Some(n) = self.cluster_name(&[&pod.namespace, "pod"]) {
-                    self.name(n);
+/// A name's state while a view is being changed.
+#[derive(Debug)]
+enum Slot {
+    /// Rewritten whole: where its record is in [`Patch::arena`].
+    Record(usize, usize),
+    /// Changed through its draft (a shared name); rendered at the end.
+    Draft(Box<Draft>),
+    Removed,
+}
+
+/// The changes from a base view to the next one.
+struct Patch<'b> {
+    base: &'b DnsView,
+    ctx: Ctx<'b>,
+    dirty: FxHashMap<Box<[u8]>, Slot>,
+    /// The records written by this patch, back to back.
+    arena: Vec<u8>,
+    chasers: Option<BTreeSet<Box<[u8]>>>,
+}
+
+/// Calls `f` with the old and new value of every key whose value differs between `a` and `b`.
+fn diff_maps<'m, K: Ord, V: PartialEq>(
+    a: &'m BTreeMap<K, Arc<V>>,
+    b: &'m BTreeMap<K, Arc<V>>,
+    mut f: impl FnMut(Option<&'m V>, Option<&'m V>),
+) {
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (None, None) => return,
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    f(Some(va), None);
+                    ia.next();
                 }
-            }
-        }
-        for svc in snap
-            .objects
-            .services
-            .values()
-            .filter(|s| cfg.serves(&s.namespace))
-        {
-            self.add_service(snap, svc);
-        }
-        let rev4 = b"\x07in-addr\x04arpa\x00".to_vec();
-        let rev6 = b"\x03ip6\x04arpa\x00".to_vec();
-        self.name(rev4.clone()).apex = true;
-        self.name(rev6.clone()).apex = true;
-
-        // Empty non-terminals: every ancestor of a name, up to its zone's apex, exists.
-        // The walk up stops at the first ancestor that exists already: its own ancestors are
-        // covered when it is walked (or were, when it was added here).
-        let mut ents: FxHashSet<Vec<u8>> = FxHashSet::default();
-        for name in self.names.keys() {
-            let apex_len = [&zone, &rev4, &rev6]
-                .iter()
-                .find(|a| is_subdomain(name, a))
-                .map(|a| a.len())
-                .unwrap_or(name.len());
-            let mut pos = 0;
-            while name.len() - pos > apex_len {
-                pos += 1 + name[pos] as usize;
-                let parent = &name[pos..];
-                if parent.len() <= apex_len
-                    || self.names.contains_key(parent)
-                    || !ents.insert(parent.to_vec())
-                {
-                    break;
+                std::cmp::Ordering::Greater => {
+                    f(None, Some(vb));
+                    ib.next();
                 }
-            }
-        }
-        for e in ents {
-            self.name(e);
-        }
-
-        // The SOA after its owner; the owner is written per reply (a pointer into the question).
-        let soa = {
-            let mut rdata = Vec::new();
-            rdata.extend_from_slice(&ns_dns);
-            rdata.extend_from_slice(&self.cluster_name(&["hostmaster"]).unwrap_or_default());
-            rdata.extend_from_slice(&snap.serial.to_be_bytes());
-            for v in [7200u32, 1800, 86400, cfg.ttl] {
-                rdata.extend_from_slice(&v.to_be_bytes());
-            }
-            // RFC 2308: negative answers are cached for min(SOA TTL, MINIMUM); both are the TTL.
-            let mut tail = Vec::new();
-            tail.extend_from_slice(&rtype::SOA.to_be_bytes());
-            tail.extend_from_slice(&1u16.to_be_bytes());
-            tail.extend_from_slice(&cfg.ttl.to_be_bytes());
-            tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-            tail.extend_from_slice(&rdata);
-            tail
-        };
-        let zones = [
-            Zone {
-                apex: zone.clone().into(),
-                soa_tail: soa.clone().into(),
-            },
-            Zone {
-                apex: rev4.into(),
-                soa_tail: soa.clone().into(),
-            },
-            Zone {
-                apex: rev6.into(),
-                soa_tail: soa.clone().into(),
-            },
-        ];
-
-        // Serialize every draft.
-        let mut names = FxHashMap::default();
-        names.reserve(self.names.len());
-        for (name, d) in &self.names {
-            let mut node = self.node(name, d, &ns_dns, &soa);
-            node.zone = [&zones[V4_REVERSE_ZONE].apex, &zones[V6_REVERSE_ZONE].apex]
-                .iter()
-                .position(|apex| is_subdomain(name, apex))
-                .map_or(CLUSTER_ZONE, |i| i + 1) as u8;
-            names.insert(name.clone().into_boxed_slice(), node);
-        }
-
-        let mut pod_ips: FxHashMap<IpAddr, Vec<Box<[u8]>>> = FxHashMap::default();
-        if cfg.pods == PodMode::Verified {
-            let mut seen = FxHashSet::default();
-            for pod in snap
-                .objects
-                .pods
-                .values()
-                .filter(|p| cfg.serves(&p.namespace))
-            {
-                for ip in &pod.ips {
-                    if seen.insert((*ip, pod.namespace.as_str())) {
-                        let label = pod
-                            .namespace
-                            .to_ascii_lowercase()
-                            .into_bytes()
-                            .into_boxed_slice();
-                        pod_ips.entry(*ip).or_default().push(label);
+                std::cmp::Ordering::Equal => {
+                    if !(Arc::ptr_eq(va, vb) || va == vb) {
+                        f(Some(va), Some(vb));
                     }
+                    ia.next();
+                    ib.next();
                 }
+            },
+            (Some((_, va)), None) => {
+                f(Some(va), None);
+                ia.next();
             }
-        }
-
-        DnsView {
-            names,
-            zones,
-            pod_apex: self.pod_apex.clone().into(),
-            pods: cfg.pods,
-            pod_ips,
-            ttl: cfg.ttl,
-            synced: snap.synced,
-            listed: snap.synced,
-            generation: snap.generation,
-        }
-    }
-
-    /// Address records of `name` (owner written out) for glue and chased CNAMEs.
-    fn addr_records(&self, name: &[u8], want: Option<u16>, buf: &mut Vec<u8>) -> u16 {
-        let mut n = 0;
-        if let Some(d) = self.names.get(name) {
-            for ip in &d.ips {
-                let (t, rd) = ip_rdata(ip);
-                if want.is_none_or(|w| w == t) {
-                    push_rr(buf, Some(name), t, self.cfg.ttl, &rd);
-                    n += 1;
-                }
+            (None, Some((_, vb))) => {
+                f(None, Some(vb));
+                ib.next();
             }
-        }
-        n
-    }
-
-    fn node(&self, name: &[u8], d: &Draft, ns_dns: &[u8], soa_tail: &[u8]) -> Node {
-        let ttl = self.cfg.ttl;
-        let mut rrsets = Vec::new();
-        let mut simple =
-            |qtype: u16, answer: Vec<u8>, ancount: u16, additional: Vec<u8>, arcount: u16| {
-                if ancount > 0 {
-                    rrsets.push(Rrset {
-                        qtype,
-                        rcode: Rcode::NoError,
-                        negative: false,
-                        answer: answer.into(),
-                        ancount,
-                        additional: additional.into(),
-                        arcount,
-                        external: None,
-                    });
-                }
-            };
-
-        for t in [rtype::A, rtype::AAAA] {
-            let mut buf = Vec::new();
-            let mut n = 0;
-            for ip in &d.ips {
-                let (it, rd) = ip_rdata(ip);
-                if it == t {
-                    push_rr(&mut buf, None, t, ttl, &rd);
-                    n += 1;
-                }
-            }
-            simple(t, buf, n, Vec::new(), 0);
-        }
-        if d.apex {
-            let mut ans = Vec::new();
-            push_rr(&mut ans, None, rtype::NS, ttl, ns_dns);
-            let mut add = Vec::new();
-            let glue = if name == self.zone.as_slice() {
-                self.addr_records(ns_dns, None, &mut add)
-            } else {
-                0
-            };
-            simple(rtype::NS, ans, 1, add, glue);
-            // The SOA: owner is the question, the rest as in AUTHORITY.
-            let mut soa = vec![0xC0, 0x0C];
-            soa.extend_from_slice(soa_tail);
-            simple(rtype::SOA, soa, 1, Vec::new(), 0);
-        }
-        if let Some(txt) = d.txt {
-            let mut rd = vec![txt.len() as u8];
-            rd.extend_from_slice(txt.as_bytes());
-            let mut buf = Vec::new();
-            push_rr(&mut buf, None, rtype::TXT, VERSION_TTL, &rd);
-            simple(rtype::TXT, buf, 1, Vec::new(), 0);
-        }
-        if !d.ptr.is_empty() {
-            let mut buf = Vec::new();
-            for target in &d.ptr {
-                push_rr(&mut buf, None, rtype::PTR, ttl, target);
-            }
-            simple(rtype::PTR, buf, d.ptr.len() as u16, Vec::new(), 0);
-        }
-        if !d.srv.is_empty() {
-            let weight = (100 / d.srv.len()).max(1) as u16;
-            let mut buf = Vec::new();
-            let mut add = Vec::new();
-            let mut glue = 0;
-            let mut targets = BTreeSet::new();
-            for s in &d.srv {
-                let mut rd = Vec::with_capacity(6 + s.target.len());
-                rd.extend_from_slice(&0u16.to_be_bytes());
-                rd.extend_from_slice(&weight.to_be_bytes());
-                rd.extend_from_slice(&s.port.to_be_bytes());
-                rd.extend_from_slice(&s.target);
-                push_rr(&mut buf, None, rtype::SRV, ttl, &rd);
-                if targets.insert(s.target.as_slice()) {
-                    glue += self.addr_records(&s.target, None, &mut add);
-                }
-            }
-            simple(rtype::SRV, buf, d.srv.len() as u16, add, glue);
-        }
-        rrsets.sort_by_key(|r| r.qtype);
-
-        let mut node = Node {
-            zone: CLUSTER_ZONE as u8,
-            rrsets: Vec::new().into(),
-            fallback: None,
-        };
-        if let Some(target) = &d.cname {
-            // ExternalName: a CNAME for every type; A and AAAA chase the target in the zone.
-            let mut plain = Vec::new();
-            push_rr(&mut plain, None, rtype::CNAME, ttl, target);
-            node.fallback = Some(Box::new(Rrset {
-                qtype: rtype::CNAME,
-                rcode: Rcode::NoError,
-                negative: false,
-                answer: plain.into(),
-                ancount: 1,
-                additional: Box::new([]),
-                arcount: 0,
-                external: None,
-            }));
-            for t in [rtype::A, rtype::AAAA] {
-                rrsets.push(self.chase(target, t));
-            }
-        }
-        node.rrsets = rrsets.into();
-        node
-    }
-
-    /// The CNAME chain from an ExternalName service, for `qtype`, as far as the zone knows it.
-    fn chase(&self, first: &[u8], qtype: u16) -> Rrset {
-        let ttl = self.cfg.ttl;
-        let mut buf = Vec::new();
-        push_rr(&mut buf, None, rtype::CNAME, ttl, first);
-        let mut count = 1u16;
-        let mut target = first.to_vec();
-        let mut rcode = Rcode::NoError;
-        let mut negative = false;
-        let mut external = None;
-        for _ in 0..MAX_CHASE {
-            if !is_subdomain(&target, &self.zone) {
-                // Outside the zone: the forwarder (or the client's resolver) goes on.
-                external = Some(target.clone().into_boxed_slice());
-                break;
-            }
-            if is_subdomain(&target, &self.pod_apex) {
-                break; // a pod name: the client asks again
-            }
-            match self.names.get(&target) {
-                None => {
-                    rcode = Rcode::NxDomain;
-                    negative = true;
-                    break;
-                }
-                Some(d) => {
-                    if let Some(next) = &d.cname {
-                        push_rr(&mut buf, Some(&target), rtype::CNAME, ttl, next);
-                        count += 1;
-                        target = next.clone();
-                        continue;
-                    }
-                    let n = self.addr_records(&target, Some(qtype), &mut buf);
-                    count += n;
-                    negative = n == 0;
-                    break;
-                }
-            }
-        }
-        Rrset {
-            qtype,
-            rcode,
-            negative,
-            answer: buf.into(),
-            ancount: count,
-            additional: Box::new([]),
-            arcount: 0,
-            external,
         }
     }
 }
 
-impl DnsView {
-    /// Builds the view of `snap`.
-    pub fn build(snap: &ClusterSnapshot, cfg: &ViewConfig) -> Result<Self, ViewError> {
-        let zone = name_to_wire(&cfg.zone).map_err(|e| ViewError::Zone(cfg.zone.clone(), e))?;
-        let mut pod_apex = b"\x03pod".to_vec();
-        pod_apex.extend_from_slice(&zone);
-        let b = Builder {
+impl<'b> Patch<'b> {
+    fn new(base: &'b DnsView) -> Self {
+        let cfg: &ViewConfig = &base.cfg;
+        let zone = base.zones[CLUSTER_ZONE].apex.to_vec();
+        let mut ctx = Ctx {
             cfg,
+            pod_apex: base.pod_apex.to_vec(),
             zone,
-            pod_apex,
-            names: FxHashMap::default(),
+            ns_dns: Vec::new(),
+            soa_tail: Vec::new(),
         };
-        Ok(b.build(snap))
+        ctx.ns_dns = ctx.cluster_name(&["ns", "dns"]).unwrap_or_default();
+        Self {
+            base,
+            ctx,
+            dirty: FxHashMap::default(),
+            arena: Vec::new(),
+            chasers: None,
+        }
     }
 
-    /// An empty, unsynced view: cluster names answer SERVFAIL until the first snapshot.
-    pub fn empty(cfg: &ViewConfig) -> Result<Self, ViewError> {
-        Self::build(&ClusterSnapshot::default(), cfg)
+    fn run(mut self, old: Option<&ClusterSnapshot>, new: &ClusterSnapshot) -> DnsView {
+        let cfg = self.ctx.cfg;
+        self.soa(new.serial);
+
+        // Services whose object or slices changed.
+        let mut services: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+        let mut pods_changed = false;
+        match old {
+            None => {
+                // About a name and a reverse name per endpoint, and a few per service.
+                let endpoints: usize = new
+                    .objects
+                    .endpoint_slices
+                    .values()
+                    .map(|s| s.endpoints.len())
+                    .sum();
+                let names = new.objects.services.len() * 4 + endpoints * 2;
+                self.dirty.reserve(names);
+                self.arena.reserve(names * 80);
+                services.extend(new.objects.services.keys().cloned());
+                namespaces.extend(new.objects.namespaces.iter().map(String::as_str));
+                namespaces.extend(new.objects.pods.keys().map(|k| k.namespace.as_str()));
+                pods_changed = true;
+            }
+            Some(old) => {
+                diff_maps(&old.objects.services, &new.objects.services, |a, b| {
+                    services.extend(a.or(b).map(Service::key));
+                });
+                diff_maps(
+                    &old.objects.endpoint_slices,
+                    &new.objects.endpoint_slices,
+                    |a, b| {
+                        for s in a.into_iter().chain(b) {
+                            if let Some(svc) = &s.service {
+                                services.insert(ObjectKey::new(&s.namespace, svc));
+                            }
+                        }
+                    },
+                );
+                namespaces.extend(
+                    old.objects
+                        .namespaces
+                        .symmetric_difference(&new.objects.namespaces)
+                        .map(String::as_str),
+                );
+                diff_maps(&old.objects.pods, &new.objects.pods, |a, b| {
+                    pods_changed = true;
+                    namespaces.extend(a.into_iter().chain(b).map(|p| p.namespace.as_str()));
+                });
+            }
+        }
+
+        for key in &services {
+            let fragment = |snap: &ClusterSnapshot| {
+                snap.objects
+                    .services
+                    .get(key)
+                    .filter(|s| cfg.serves(&s.namespace))
+                    .map(|s| Fragment::of(&self.ctx, snap, s))
+            };
+            let before = old.and_then(fragment);
+            let after = fragment(new);
+            self.apply(before, after);
+        }
+        for ns in namespaces {
+            self.namespace(ns, new);
+        }
+        self.globals(new);
+        self.chase_all();
+
+        let pod_ips = if pods_changed {
+            Arc::new(pod_ips(new, cfg))
+        } else {
+            Arc::clone(&self.base.pod_ips)
+        };
+        let base = self.base;
+        let (shards, len, chasers, zones) = self.finish();
+        DnsView {
+            shards,
+            len,
+            zones,
+            pod_apex: base.pod_apex.clone(),
+            pods: cfg.pods,
+            pod_ips,
+            ttl: cfg.ttl,
+            synced: new.synced,
+            listed: new.synced,
+            generation: new.generation,
+            cfg: Arc::clone(&base.cfg),
+            chasers,
+        }
     }
+
+    /// The SOA of every zone, with the snapshot's serial.
+    fn soa(&mut self, serial: u32) {
+        let mut rdata = Vec::new();
+        rdata.extend_from_slice(&self.ctx.ns_dns);
+        rdata.extend_from_slice(&self.ctx.cluster_name(&["hostmaster"]).unwrap_or_default());
+        rdata.extend_from_slice(&serial.to_be_bytes());
+        for v in [7200u32, 1800, 86400, self.ctx.cfg.ttl] {
+            rdata.extend_from_slice(&v.to_be_bytes());
+        }
+        // RFC 2308: negative answers are cached for min(SOA TTL, MINIMUM); both are the TTL.
+        let tail = &mut self.ctx.soa_tail;
+        tail.clear();
+        tail.extend_from_slice(&rtype::SOA.to_be_bytes());
+        tail.extend_from_slice(&1u16.to_be_bytes());
+        tail.extend_from_slice(&self.ctx.cfg.ttl.to_be_bytes());
+        tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        tail.extend_from_slice(&rdata);
+    }
+
+    // ----- reading the state being built -----
+
+    fn record(&self, start: usize, len: usize) -> Node<'_> {
+        Node::parse(split_record(&self.arena[start..start + len]).1)
+    }
+
+    fn base_node(&self, name: &[u8]) -> Option<Node<'b>> {
+        self.base.get(name)
+    }
+
+    fn exists(&self, name: &[u8]) -> bool {
+        match self.dirty.get(name) {
+            Some(Slot::Removed) => false,
+            Some(_) => true,
+            None => self.base_node(name).is_some(),
+        }
+    }
+
+    /// Where `name` leads, for CNAME chains and glue.
+    fn target(&self, name: &[u8]) -> Target {
+        let from_node = |n: Node<'_>| match n.fallback() {
+            Some(f) => Target::Cname(f.rdatas().next().unwrap_or_default().to_vec()),
+            None => Target::Addrs(Draft::from_node(&n).ips.into_iter().collect()),
+        };
+        match self.dirty.get(name) {
+            Some(Slot::Removed) => Target::Missing,
+            Some(Slot::Draft(d)) => match &d.cname {
+                Some(c) => Target::Cname(c.clone()),
+                None => Target::Addrs(d.ips.iter().copied().collect()),
+            },
+            Some(&Slot::Record(at, len)) => from_node(self.record(at, len)),
+            None => self.base_node(name).map_or(Target::Missing, from_node),
+        }
+    }
+
+    fn addrs(&self, name: &[u8]) -> Vec<IpAddr> {
+        match self.target(name) {
+            Target::Addrs(ips) => ips,
+            _ => Vec::new(),
+        }
+    }
+
+    // ----- shared names, changed through drafts -----
+
+    /// The draft of a name that exists, or a new empty one (the caller links it).
+    fn draft(&mut self, name: &[u8]) -> &mut Draft {
+        if !matches!(self.dirty.get(name), Some(Slot::Draft(_))) {
+            let d = match self.dirty.get(name) {
+                Some(&Slot::Record(at, len)) => Draft::from_node(&self.record(at, len)),
+                Some(Slot::Removed) => Draft::default(),
+                _ => self
+                    .base_node(name)
+                    .map(|n| Draft::from_node(&n))
+                    .unwrap_or_default(),
+            };
+            self.dirty.insert(name.into(), Slot::Draft(Box::new(d)));
+        }
+        match self.dirty.get_mut(name) {
+            Some(Slot::Draft(d)) => d,
+            _ => unreachable!("inserted above"),
+        }
+    }
+
+    /// The draft of `name`, created (with its missing ancestors) when the name is new.
+    fn ensure(&mut self, name: &[u8]) -> &mut Draft {
+        if !self.exists(name) {
+            if self.base.is_apex(name) {
+                self.draft(name).explicit = true;
+            } else if let Some(p) = parent(name) {
+                self.ensure(p).children += 1;
+            }
+        }
+        self.draft(name)
+    }
+
+    /// Removes `name` when nothing keeps it: no records, no children, not explicit.
+    fn prune(&mut self, name: &[u8]) {
+        if !self.exists(name) {
+            return;
+        }
+        let d = self.draft(name);
+        if d.explicit || d.children > 0 || d.has_records() {
+            return;
+        }
+        self.dirty.insert(name.into(), Slot::Removed);
+        self.child_gone(name);
+    }
+
+    fn child_gone(&mut self, name: &[u8]) {
+        if self.base.is_apex(name) {
+            return;
+        }
+        if let Some(p) = parent(name) {
+            let d = self.draft(p);
+            d.children = d.children.saturating_sub(1);
+            self.prune(p);
+        }
+    }
+
+    fn set_explicit(&mut self, name: Option<Vec<u8>>, explicit: bool) {
+        let Some(name) = name else { return };
+        if explicit {
+            self.ensure(&name).explicit = true;
+        } else if self.exists(&name) {
+            self.draft(&name).explicit = false;
+            self.prune(&name);
+        }
+    }
+
+    // ----- the changes -----
+
+    /// Replaces what one service contributed (`before`) with what it contributes now.
+    fn apply(&mut self, before: Option<Fragment>, after: Option<Fragment>) {
+        let before = before.unwrap_or_default();
+        let after = after.unwrap_or_default();
+        // Own names: rendered whole, with their children counted and their glue their own.
+        let own: Vec<(Vec<u8>, Draft)> = after.own.into_iter().collect();
+        let index: FxHashMap<&[u8], usize> = own
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_slice(), i))
+            .collect();
+        let mut children = vec![0u32; own.len()];
+        for (name, _) in own.iter().filter(|(n, _)| Some(n) != after.top.as_ref()) {
+            if let Some(&i) = parent(name).and_then(|p| index.get(p)) {
+                children[i] += 1;
+            }
+        }
+        let addrs = |n: &[u8]| -> Vec<IpAddr> {
+            index
+                .get(n)
+                .map(|&i| own[i].1.ips.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        let mut records = Vec::with_capacity(own.len());
+        for ((name, d), &c) in own.iter().zip(&children) {
+            // An ExternalName's A and AAAA: the chain. One that stays in the zone is followed
+            // again at the end, when every name it may pass through is final.
+            let chased = match &d.cname {
+                Some(t) => vec![self.chase(t, rtype::A), self.chase(t, rtype::AAAA)],
+                None => Vec::new(),
+            };
+            let at = self.arena.len();
+            self.ctx.render(&mut self.arena, name, d, c, &addrs, chased);
+            records.push(Slot::Record(at, self.arena.len() - at));
+        }
+        for name in before
+            .own
+            .keys()
+            .filter(|n| !index.contains_key(n.as_slice()))
+        {
+            if self.exists(name) {
+                self.dirty.insert(name.as_slice().into(), Slot::Removed);
+                if Some(name) == before.top.as_ref() {
+                    self.child_gone(name);
+                }
+            }
+        }
+        drop(index);
+        for ((name, _), rec) in own.into_iter().zip(records) {
+            if Some(&name) == after.top.as_ref()
+                && !self.exists(&name)
+                && let Some(p) = parent(&name)
+            {
+                self.ensure(p).children += 1;
+            }
+            self.dirty.insert(name.into_boxed_slice(), rec);
+        }
+        // Reverse names: shared, so changed pair by pair.
+        for (rev, target) in after.ptrs.difference(&before.ptrs) {
+            self.ensure(rev).ptr.insert(target.clone());
+        }
+        for (rev, target) in before.ptrs.difference(&after.ptrs) {
+            if self.exists(rev) {
+                self.draft(rev).ptr.remove(target);
+                self.prune(rev);
+            }
+        }
+        if before.chases || after.chases {
+            let chasers = self
+                .chasers
+                .get_or_insert_with(|| (*self.base.chasers).clone());
+            if let Some(t) = before.top.filter(|_| before.chases) {
+                chasers.remove(t.as_slice());
+            }
+            if let Some(t) = after.top.filter(|_| after.chases) {
+                chasers.insert(t.into());
+            }
+        }
+    }
+
+    /// `<ns>.svc.<zone>` and `<ns>.pod.<zone>` exist for a namespace even when empty.
+    fn namespace(&mut self, ns: &str, snap: &ClusterSnapshot) {
+        let cfg = self.ctx.cfg;
+        let served = cfg.serves(ns);
+        let listed = served && snap.objects.namespaces.contains(ns);
+        let svc = self.ctx.cluster_name(&[ns, "svc"]);
+        self.set_explicit(svc, listed);
+        // A pod name implies its namespace name, even without a Namespace object.
+        let has_pods = || {
+            snap.objects
+                .pods
+                .range(ObjectKey::new(ns, "")..)
+                .take_while(|(k, _)| k.namespace == ns)
+                .any(|(_, p)| !p.ips.is_empty())
+        };
+        let pod = cfg.pods != PodMode::Disabled
+            && served
+            && (listed || (cfg.pods == PodMode::Verified && has_pods()));
+        let name = self.ctx.cluster_name(&[ns, "pod"]);
+        self.set_explicit(name, pod);
+    }
+
+    /// The fixed names: the apexes (their SOA carries the serial), `ns.dns`, `dns-version`.
+    fn globals(&mut self, snap: &ClusterSnapshot) {
+        let cfg = self.ctx.cfg;
+        let dns_ips: Vec<IpAddr> = match snap.service(&cfg.dns_service.0, &cfg.dns_service.1) {
+            Some(s) if !s.cluster_ips.is_empty() => s.cluster_ips.clone(),
+            _ => cfg.fallback_ns_ips.clone(),
+        };
+        for apex in [
+            self.ctx.zone.clone(),
+            REV4_APEX.to_vec(),
+            REV6_APEX.to_vec(),
+        ] {
+            let d = self.ensure(&apex);
+            d.apex = true;
+            d.explicit = true;
+        }
+        let ns_dns = self.ctx.ns_dns.clone();
+        let d = self.ensure(&ns_dns);
+        d.explicit = true;
+        d.ips = dns_ips.into_iter().collect();
+        if let Some(v) = self.ctx.cluster_name(&["dns-version"]) {
+            let d = self.ensure(&v);
+            d.explicit = true;
+            d.txt = true;
+        }
+        for fixed in ["svc", "pod"] {
+            self.set_explicit(self.ctx.cluster_name(&[fixed]), true);
+        }
+    }
+
+    /// The CNAME chain from an ExternalName service, for `qtype`, as far as the zone knows it.
+    fn chase(&self, first: &[u8], qtype: u16) -> SetDraft {
+        let ttl = self.ctx.cfg.ttl;
+        let mut set = SetDraft {
+            qtype,
+            ancount: 1,
+            ..SetDraft::default()
+        };
+        push_rr(&mut set.answer, None, rtype::CNAME, ttl, first);
+        let mut target = first.to_ascii_lowercase();
+        for _ in 0..MAX_CHASE {
+            if !is_subdomain(&target, &self.ctx.zone) {
+                // Outside the zone: the forwarder (or the client's resolver) goes on.
+                set.external = Some(target);
+                break;
+            }
+            if is_subdomain(&target, &self.ctx.pod_apex) {
+                break; // a pod name: the client asks again
+            }
+            match self.target(&target) {
+                Target::Missing => {
+                    set.nxdomain = true;
+                    set.negative = true;
+                    break;
+                }
+                Target::Cname(next) => {
+                    push_rr(&mut set.answer, Some(&target), rtype::CNAME, ttl, &next);
+                    set.ancount += 1;
+                    target = next.to_ascii_lowercase();
+                }
+                Target::Addrs(ips) => {
+                    let n = self
+                        .ctx
+                        .addr_records(&target, &ips, Some(qtype), &mut set.answer);
+                    set.ancount += n;
+                    set.negative = n == 0;
+                    break;
+                }
+            }
+        }
+        set
+    }
+
+    /// Re-follows every in-zone ExternalName chain: any name on it may have changed.
+    fn chase_all(&mut self) {
+        let chasers = self.chasers.as_ref().unwrap_or(&self.base.chasers).clone();
+        for name in &chasers {
+            let d = match self.dirty.get(&**name) {
+                Some(&Slot::Record(at, len)) => Draft::from_node(&self.record(at, len)),
+                Some(Slot::Draft(d)) => (**d).clone(),
+                Some(Slot::Removed) => continue,
+                None => match self.base_node(name) {
+                    Some(n) => Draft::from_node(&n),
+                    None => continue,
+                },
+            };
+            let Some(target) = d.cname.clone() else {
+                continue;
+            };
+            let chased = vec![
+                self.chase(&target, rtype::A),
+                self.chase(&target, rtype::AAAA),
+            ];
+            let at = self.arena.len();
+            self.ctx.render(
+                &mut self.arena,
+                name,
+                &d,
+                d.children,
+                &|_| Vec::new(),
+                chased,
+            );
+            let rec = &self.arena[at..];
+            let unchanged = match self.dirty.get(&**name) {
+                Some(&Slot::Record(a, l)) => self.arena[a..a + l] == *rec,
+                _ => self.base.get_record(name).is_some_and(|r| r == rec),
+            };
+            if unchanged {
+                self.arena.truncate(at);
+            } else {
+                let len = self.arena.len() - at;
+                self.dirty.insert(name.clone(), Slot::Record(at, len));
+            }
+        }
+    }
+
+    /// Renders the drafts and writes the changed shards; the others are shared.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+    ) -> (
+        Arc<[Arc<Shard>]>,
+        usize,
+        Arc<BTreeSet<Box<[u8]>>>,
+        [Zone; 3],
+    ) {
+        let drafts: Vec<Box<[u8]>> = self
+            .dirty
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Draft(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Rendered apart, then appended: glue is read from records already in the arena.
+        let mut buf = Vec::new();
+        for name in drafts {
+            let Some(Slot::Draft(d)) = self.dirty.get(&name) else {
+                continue;
+            };
+            buf.clear();
+            self.ctx.render(
+                &mut buf,
+                &name,
+                d,
+                d.children,
+                &|n| self.addrs(n),
+                Vec::new(),
+            );
+            let at = self.arena.len();
+            self.arena.extend_from_slice(&buf);
+            self.dirty.insert(name, Slot::Record(at, buf.len()));
+        }
+
+        // The changes by shard: one sorted list, not a growing list per shard.
+        let mut changes: Vec<(usize, Box<[u8]>, Option<(usize, usize)>)> = self
+            .dirty
+            .drain()
+            .map(|(name, slot)| {
+                let rec = match slot {
+                    Slot::Record(at, len) => Some((at, len)),
+                    Slot::Removed => None,
+                    Slot::Draft(_) => unreachable!("rendered above"),
+                };
+                (shard_index(name_hash(&name)), name, rec)
+            })
+            .collect();
+        changes.sort_unstable_by_key(|c| c.0);
+        let arena = &self.arena;
+        let mut shards: Vec<Arc<Shard>> = self.base.shards.to_vec();
+        for changes in changes.chunk_by(|a, b| a.0 == b.0) {
+            let i = changes[0].0;
+            let old = &shards[i];
+            let changed: FxHashSet<&[u8]> = if old.data.is_empty() {
+                FxHashSet::default()
+            } else {
+                changes.iter().map(|(_, n, _)| &**n).collect()
+            };
+            let kept = || {
+                old.records()
+                    .filter(|rec| !changed.contains(split_record(rec).0))
+            };
+            let new = || {
+                changes
+                    .iter()
+                    .filter_map(|(_, _, r)| r.map(|(at, len)| &arena[at..at + len]))
+            };
+            let size =
+                kept().map(<[u8]>::len).sum::<usize>() + new().map(<[u8]>::len).sum::<usize>();
+            let mut data = Vec::with_capacity(size);
+            for rec in kept().chain(new()) {
+                data.extend_from_slice(rec);
+            }
+            shards[i] = Arc::new(Shard::build(data));
+        }
+
+        let tail: Box<[u8]> = self.ctx.soa_tail.clone().into();
+        let zones = self.base.zones.clone().map(|z| Zone {
+            apex: z.apex,
+            soa_tail: tail.clone(),
+        });
+        let len = shards.iter().map(|s| s.table.len()).sum();
+        let chasers = match self.chasers {
+            Some(c) => Arc::new(c),
+            None => Arc::clone(&self.base.chasers),
+        };
+        (shards.into(), len, chasers, zones)
+    }
+}
+
+impl DnsView {
+    fn get_record(&self, lname: &[u8]) -> Option<&[u8]> {
+        let hash = name_hash(lname);
+        self.shards[shard_index(hash)].get(hash, lname)
+    }
+}
+
+/// Pod addresses and the namespaces that have a pod with each (mode `verified`).
+fn pod_ips(snap: &ClusterSnapshot, cfg: &ViewConfig) -> FxHashMap<IpAddr, Vec<Box<[u8]>>> {
+    let mut pod_ips: FxHashMap<IpAddr, Vec<Box<[u8]>>> = FxHashMap::default();
+    if cfg.pods != PodMode::Verified {
+        return pod_ips;
+    }
+    let mut seen = FxHashSet::default();
+    for pod in snap
+        .objects
+        .pods
+        .values()
+        .filter(|p| cfg.serves(&p.namespace))
+    {
+        for ip in &pod.ips {
+            if seen.insert((*ip, pod.namespace.as_str())) {
+                let label = pod
+                    .namespace
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice();
+                pod_ips.entry(*ip).or_default().push(label);
+            }
+        }
+    }
+    pod_ips
 }
 
 /// Parses the first label of a pod name: `1-2-3-4` or `fd00--1` style.
