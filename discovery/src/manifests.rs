@@ -224,7 +224,8 @@ fn convert_value(
 #[derive(Debug)]
 struct FileState {
     hash: u64,
-    objects: Vec<Object>,
+    /// The file's objects, shared (`Arc`) with every store [`ManifestsDir::objects`] makes.
+    objects: ObjectStore,
 }
 
 /// What a scan changed.
@@ -344,19 +345,17 @@ impl ManifestsDir {
                     unreadable: true,
                 },
             };
+            let mut fresh = ObjectStore::default();
+            for obj in parsed.objects {
+                fresh.insert(obj);
+            }
             let objects = match (self.files.remove(&path), parsed.errors.is_empty()) {
-                (_, true) | (None, false) => parsed.objects,
+                (_, true) | (None, false) => fresh,
                 (Some(old), false) if parsed.unreadable => old.objects,
                 (Some(old), false) => {
                     // Keep the old version of every object the broken file no longer yields.
-                    let mut objects = parsed.objects;
-                    let kept: Vec<Object> = old
-                        .objects
-                        .into_iter()
-                        .filter(|o| !objects.iter().any(|n| n.identity() == o.identity()))
-                        .collect();
-                    objects.extend(kept);
-                    objects
+                    fresh.keep_missing(old.objects);
+                    fresh
                 }
             };
             report.errors.extend(parsed.errors);
@@ -370,12 +369,10 @@ impl ManifestsDir {
     /// one with the same identity (a warning names both).
     pub fn objects(&self) -> ObjectStore {
         let mut store = ObjectStore::default();
-        let mut origin: BTreeMap<(&'static str, String, String), &Path> = BTreeMap::new();
+        let mut origin: BTreeMap<(&'static str, &str, &str), &Path> = BTreeMap::new();
         for (path, state) in &self.files {
-            for obj in &state.objects {
-                let (kind, ns, name) = obj.identity();
-                let key = (kind, ns.to_string(), name.to_string());
-                if let Some(first) = origin.insert(key, path) {
+            state.objects.for_each_identity(|kind, ns, name| {
+                if let Some(first) = origin.insert((kind, ns, name), path) {
                     tracing::warn!(
                         kind,
                         object = %format_args!("{ns}/{name}"),
@@ -384,8 +381,8 @@ impl ManifestsDir {
                         "object defined twice; the second file wins"
                     );
                 }
-                store.insert(obj.clone());
-            }
+            });
+            store.share_all(&state.objects);
         }
         store
     }

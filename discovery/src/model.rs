@@ -368,7 +368,7 @@ impl TryFrom<&core::Service> for Service {
             ip_families = cluster_ips.iter().map(IpFamily::of).collect();
         }
 
-        let mut ports = Vec::new();
+        let mut ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             let protocol = Protocol::parse(p.protocol.as_deref())
                 .map_err(|e| meta.err(format!("spec.ports[{i}]: {e}")))?;
@@ -429,7 +429,7 @@ impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
             .filter(|s| !s.is_empty())
             .cloned();
 
-        let mut ports = Vec::new();
+        let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
         for (i, p) in slice.ports.iter().flatten().enumerate() {
             let protocol = Protocol::parse(p.protocol.as_deref())
                 .map_err(|e| meta.err(format!("ports[{i}]: {e}")))?;
@@ -444,7 +444,9 @@ impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
             });
         }
 
-        let mut endpoints = Vec::new();
+        // Sized up front: slices are the bulk of a cluster's objects, and growth would leave
+        // up to half of each list unused for the life of the object.
+        let mut endpoints = Vec::with_capacity(slice.endpoints.as_ref().map_or(0, Vec::len));
         for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
             let mut addresses = Vec::with_capacity(ep.addresses.len());
             if address_type != AddressType::Fqdn {

@@ -40,6 +40,50 @@ impl ObjectStore {
         }
     }
 
+    /// Adds every object of `other`, sharing its `Arc`s; `other` wins on the same identity.
+    pub fn share_all(&mut self, other: &ObjectStore) {
+        self.namespaces.extend(other.namespaces.iter().cloned());
+        for (k, v) in &other.services {
+            self.services.insert(k.clone(), Arc::clone(v));
+        }
+        for (k, v) in &other.endpoint_slices {
+            self.endpoint_slices.insert(k.clone(), Arc::clone(v));
+        }
+        for (k, v) in &other.pods {
+            self.pods.insert(k.clone(), Arc::clone(v));
+        }
+    }
+
+    /// Adds the objects of `old` whose identity this store does not have.
+    pub fn keep_missing(&mut self, old: ObjectStore) {
+        self.namespaces.extend(old.namespaces);
+        for (k, v) in old.services {
+            self.services.entry(k).or_insert(v);
+        }
+        for (k, v) in old.endpoint_slices {
+            self.endpoint_slices.entry(k).or_insert(v);
+        }
+        for (k, v) in old.pods {
+            self.pods.entry(k).or_insert(v);
+        }
+    }
+
+    /// Calls `f` with the kind, namespace and name of every object.
+    pub fn for_each_identity<'s>(&'s self, mut f: impl FnMut(&'static str, &'s str, &'s str)) {
+        for n in &self.namespaces {
+            f("Namespace", "", n);
+        }
+        for (kind, keys) in [
+            ("Service", self.services.keys().collect::<Vec<_>>()),
+            ("EndpointSlice", self.endpoint_slices.keys().collect()),
+            ("Pod", self.pods.keys().collect()),
+        ] {
+            for k in keys {
+                f(kind, &k.namespace, &k.name);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.namespaces.len() + self.services.len() + self.endpoint_slices.len() + self.pods.len()
     }

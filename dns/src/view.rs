@@ -598,7 +598,9 @@ struct Srv {
 struct Draft {
     ips: BTreeSet<IpAddr>,
     srv: BTreeSet<Srv>,
-    ptr: BTreeSet<Vec<u8>>,
+    /// Sorted, no duplicates: a list, as most reverse names have one target and a set's
+    /// node would be ten times its size.
+    ptr: Vec<Box<[u8]>>,
     cname: Option<Vec<u8>>,
     apex: bool,
     txt: bool,
@@ -646,7 +648,7 @@ impl Draft {
                         }
                     }
                     rtype::PTR => {
-                        d.ptr.insert(rd.to_vec());
+                        d.ptr.push(rd.into());
                     }
                     rtype::SRV if rd.len() > 6 => {
                         d.srv.insert(Srv {
@@ -1135,7 +1137,7 @@ impl<'b> Patch<'b> {
                     .sum();
                 let names = new.objects.services.len() * 4 + endpoints * 2;
                 self.dirty.reserve(names);
-                self.arena.reserve(names * 80);
+                self.arena.reserve(names * 128);
                 services.extend(new.objects.services.keys().cloned());
                 namespaces.extend(new.objects.namespaces.iter().map(String::as_str));
                 namespaces.extend(new.objects.pods.keys().map(|k| k.namespace.as_str()));
@@ -1399,11 +1401,17 @@ impl<'b> Patch<'b> {
         }
         // Reverse names: shared, so changed pair by pair.
         for (rev, target) in after.ptrs.difference(&before.ptrs) {
-            self.ensure(rev).ptr.insert(target.clone());
+            let ptr = &mut self.ensure(rev).ptr;
+            if let Err(at) = ptr.binary_search_by(|t| (**t).cmp(target.as_slice())) {
+                ptr.insert(at, target.as_slice().into());
+            }
         }
         for (rev, target) in before.ptrs.difference(&after.ptrs) {
             if self.exists(rev) {
-                self.draft(rev).ptr.remove(target);
+                let ptr = &mut self.draft(rev).ptr;
+                if let Ok(at) = ptr.binary_search_by(|t| (**t).cmp(target.as_slice())) {
+                    ptr.remove(at);
+                }
                 self.prune(rev);
             }
         }
@@ -1594,46 +1602,58 @@ impl<'b> Patch<'b> {
             self.dirty.insert(name, Slot::Record(at, buf.len()));
         }
 
-        // The changes by shard: one sorted list, not a growing list per shard.
-        let mut changes: Vec<(usize, Box<[u8]>, Option<(usize, usize)>)> = self
-            .dirty
-            .drain()
-            .map(|(name, slot)| {
-                let rec = match slot {
-                    Slot::Record(at, len) => Some((at, len)),
-                    Slot::Removed => None,
-                    Slot::Draft(_) => unreachable!("rendered above"),
-                };
-                (shard_index(name_hash(&name)), name, rec)
-            })
-            .collect();
-        changes.sort_unstable_by_key(|c| c.0);
+        // The changes by shard: sorted lists, not a growing list per shard. A written record
+        // carries its name, so only removed names are kept apart (and the map goes first).
+        let mut puts: Vec<(u32, u32, u32)> = Vec::new();
+        let mut removes: Vec<(u32, Box<[u8]>)> = Vec::new();
+        for (name, slot) in std::mem::take(&mut self.dirty) {
+            let shard = shard_index(name_hash(&name)) as u32;
+            match slot {
+                Slot::Record(at, len) => puts.push((shard, at as u32, len as u32)),
+                Slot::Removed => removes.push((shard, name)),
+                Slot::Draft(_) => unreachable!("rendered above"),
+            }
+        }
+        puts.sort_unstable_by_key(|c| c.0);
+        removes.sort_unstable_by_key(|c| c.0);
         let arena = &self.arena;
+        fn record<'a>(arena: &'a [u8], &(_, at, len): &(u32, u32, u32)) -> &'a [u8] {
+            &arena[at as usize..(at + len) as usize]
+        }
         let mut shards: Vec<Arc<Shard>> = self.base.shards.to_vec();
-        for changes in changes.chunk_by(|a, b| a.0 == b.0) {
-            let i = changes[0].0;
-            let old = &shards[i];
+        let (mut p, mut r) = (0, 0);
+        while p < puts.len() || r < removes.len() {
+            let i = puts
+                .get(p)
+                .map(|c| c.0)
+                .into_iter()
+                .chain(removes.get(r).map(|c| c.0))
+                .min()
+                .unwrap_or_default();
+            let p_end = p + puts[p..].iter().take_while(|c| c.0 == i).count();
+            let r_end = r + removes[r..].iter().take_while(|c| c.0 == i).count();
+            let (new, gone) = (&puts[p..p_end], &removes[r..r_end]);
+            (p, r) = (p_end, r_end);
+            let old = &shards[i as usize];
             let changed: FxHashSet<&[u8]> = if old.data.is_empty() {
                 FxHashSet::default()
             } else {
-                changes.iter().map(|(_, n, _)| &**n).collect()
+                new.iter()
+                    .map(|c| split_record(record(arena, c)).0)
+                    .chain(gone.iter().map(|(_, n)| &**n))
+                    .collect()
             };
             let kept = || {
                 old.records()
                     .filter(|rec| !changed.contains(split_record(rec).0))
             };
-            let new = || {
-                changes
-                    .iter()
-                    .filter_map(|(_, _, r)| r.map(|(at, len)| &arena[at..at + len]))
-            };
-            let size =
-                kept().map(<[u8]>::len).sum::<usize>() + new().map(<[u8]>::len).sum::<usize>();
+            let size = kept().map(<[u8]>::len).sum::<usize>()
+                + new.iter().map(|c| c.2 as usize).sum::<usize>();
             let mut data = Vec::with_capacity(size);
-            for rec in kept().chain(new()) {
+            for rec in kept().chain(new.iter().map(|c| record(arena, c))) {
                 data.extend_from_slice(rec);
             }
-            shards[i] = Arc::new(Shard::build(data));
+            shards[i as usize] = Arc::new(Shard::build(data));
         }
 
         let tail: Box<[u8]> = self.ctx.soa_tail.clone().into();
