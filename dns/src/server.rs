@@ -7,12 +7,15 @@
 //!                                                                               └─> TCP tasks (tokio)
 //! ```
 //!
-//! UDP workers are plain threads blocking in `recv_from` on their own socket: the kernel spreads
-//! datagrams across the sockets of a port, and a worker never waits on another. TCP follows
+//! UDP workers are plain threads blocking in `recvmmsg` on their own socket: the kernel spreads
+//! datagrams across the sockets of a port, and a worker never waits on another. A worker takes
+//! every datagram already queued (up to 32) in one call and sends the replies it can give at once
+//! in one `sendmmsg`; replies that wait on an upstream are sent by their own task. TCP follows
 //! RFC 7766: many queries per connection, pipelined, an idle timeout and a cap on connections.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -20,6 +23,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use discovery::ClusterSnapshot;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -353,6 +360,73 @@ impl Observer {
     }
 }
 
+/// Datagrams taken from the socket, and replies sent to it, per system call.
+const UDP_BATCH: usize = 32;
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    a.as_sockaddr_in()
+        .map(|v4| SocketAddr::V4((*v4).into()))
+        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+}
+
+/// Receives up to [`UDP_BATCH`] datagrams (at least one, waiting at most the socket's read
+/// timeout) into `bufs`; `got` gets each one's length and sender.
+fn recv_batch(
+    fd: RawFd,
+    hdrs: &mut MultiHeaders<SockaddrStorage>,
+    bufs: &mut [Vec<u8>; UDP_BATCH],
+    got: &mut Vec<(usize, SocketAddr)>,
+) -> io::Result<()> {
+    got.clear();
+    let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+    let msgs = recvmmsg(fd, hdrs, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
+    for m in msgs {
+        match m.address.as_ref().and_then(to_std) {
+            Some(peer) => got.push((m.bytes, peer)),
+            // Keeps indexes aligned with `bufs`; a length of 0 is never a query.
+            None => got.push((0, SocketAddr::from(([0, 0, 0, 0], 0)))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `replies` (reply, peer) with as few system calls as the kernel allows. A reply that
+/// cannot be sent is logged and skipped; the others still go.
+fn send_batch(
+    fd: RawFd,
+    hdrs: &mut MultiHeaders<SockaddrStorage>,
+    outs: &[Vec<u8>; UDP_BATCH],
+    peers: &[SocketAddr],
+) {
+    let n = peers.len();
+    let iovs: [[IoSlice<'_>; 1]; UDP_BATCH] = std::array::from_fn(|i| [IoSlice::new(&outs[i])]);
+    let addrs: Vec<Option<SockaddrStorage>> = peers
+        .iter()
+        .map(|p| Some(SockaddrStorage::from(*p)))
+        .collect();
+    let mut start = 0;
+    while start < n {
+        match sendmmsg(
+            fd,
+            hdrs,
+            iovs[start..n].iter(),
+            &addrs[start..n],
+            [] as [ControlMessage<'_>; 0],
+            MsgFlags::empty(),
+        ) {
+            Ok(sent) => match sent.count() {
+                0 => break,
+                k => start += k,
+            },
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                tracing::debug!(peer = %peers[start], error = %e, "udp send error");
+                start += 1;
+            }
+        }
+    }
+}
+
 fn udp_worker(
     sock: Arc<UdpSocket>,
     view: Arc<ArcSwap<DnsView>>,
@@ -362,11 +436,17 @@ fn udp_worker(
     rt: tokio::runtime::Handle,
     rrl: Option<Arc<Rrl>>,
 ) {
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let fd = sock.as_raw_fd();
+    // Pages of these buffers are only made resident by the datagrams that use them.
+    let mut bufs: [Vec<u8>; UDP_BATCH] = std::array::from_fn(|_| vec![0u8; 65535]);
+    let mut outs: [Vec<u8>; UDP_BATCH] = std::array::from_fn(|_| Vec::with_capacity(4096));
+    let mut got = Vec::with_capacity(UDP_BATCH);
+    let mut peers = Vec::with_capacity(UDP_BATCH);
+    let mut recv_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut send_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
     while !stop.load(Ordering::Relaxed) {
-        let (n, peer) = match sock.recv_from(&mut buf) {
-            Ok(v) => v,
+        match recv_batch(fd, &mut recv_hdrs, &mut bufs, &mut got) {
+            Ok(()) => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -382,95 +462,108 @@ fn udp_worker(
                 tracing::debug!(error = %e, "udp receive error");
                 continue;
             }
-        };
-        let started = Instant::now();
+        }
         let v = view.load();
         let fwd = forwarder.load();
-        match handle_query(&v, fwd.as_deref(), &buf[..n], Transport::Udp, &mut out) {
-            Step::Drop => {}
-            Step::Reply(h) => {
-                if !rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
-                    continue;
-                }
-                // Counted before it is sent: a client that has its reply sees it in /metrics.
-                obs.observe(peer, &buf[..n], &out, &h, started);
-                if let Err(e) = sock.send_to(&out, peer) {
-                    tracing::debug!(%peer, error = %e, "udp send error");
-                }
+        peers.clear();
+        for (i, &(n, peer)) in got.iter().enumerate() {
+            let query = &bufs[i][..n];
+            let out = &mut outs[peers.len()];
+            if udp_query(query, peer, &v, fwd.as_ref(), out, &sock, &obs, &rt, &rrl) {
+                peers.push(peer);
             }
-            Step::Forward {
-                question,
-                id,
-                flags,
-                handled,
-            } => {
-                let Some(f) = fwd.as_ref().map(Arc::clone) else {
-                    continue;
-                };
-                if f.cached(&question, id, flags, &mut out) {
-                    let h = Handled {
-                        rcode: rcode_of(&out),
-                        ..handled
-                    };
-                    if rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
-                        obs.observe(peer, &buf[..n], &out, &h, started);
-                        let _ = sock.send_to(&out, peer);
-                    }
-                    continue;
-                }
-                let (sock, obs, query, rrl) = (
-                    Arc::clone(&sock),
-                    obs.clone(),
-                    buf[..n].to_vec(),
-                    rrl.clone(),
-                );
-                rt.spawn(async move {
-                    let mut out = Vec::new();
-                    let rcode = f.resolve(&question, id, flags, &mut out).await;
-                    let h = Handled { rcode, ..handled };
-                    if rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
-                        obs.observe(peer, &query, &out, &h, started);
-                        let _ = sock.send_to(&out, peer);
-                    }
-                });
+        }
+        send_batch(fd, &mut send_hdrs, &outs, &peers);
+    }
+}
+
+/// One datagram: true when `out` holds a reply to send to `peer` now; false when there is
+/// nothing to send now (dropped, rate limited, or handed to a task that sends its own reply
+/// once an upstream answers).
+#[allow(clippy::too_many_arguments)]
+fn udp_query(
+    query: &[u8],
+    peer: SocketAddr,
+    v: &DnsView,
+    fwd: Option<&Arc<Forwarder>>,
+    out: &mut Vec<u8>,
+    sock: &Arc<UdpSocket>,
+    obs: &Observer,
+    rt: &tokio::runtime::Handle,
+    rrl: &Option<Arc<Rrl>>,
+) -> bool {
+    let started = Instant::now();
+    match handle_query(v, fwd.map(|f| &**f), query, Transport::Udp, out) {
+        Step::Drop => false,
+        Step::Reply(h) => {
+            if !rate_limit(rrl.as_deref(), &h, peer, started, out) {
+                return false;
             }
-            Step::Chase {
-                question,
-                flags,
-                handled,
-            } => {
-                let Some(f) = fwd.as_ref().map(Arc::clone) else {
-                    continue;
+            // Counted before it is sent: a client that has its reply sees it in /metrics.
+            obs.observe(peer, query, out, &h, started);
+            true
+        }
+        Step::Forward {
+            question,
+            id,
+            flags,
+            handled,
+        } => {
+            let Some(f) = fwd.map(Arc::clone) else {
+                return false;
+            };
+            if f.cached(&question, id, flags, out) {
+                let h = Handled {
+                    rcode: rcode_of(out),
+                    ..handled
                 };
-                let (sock, obs, query, local, rrl) = (
-                    Arc::clone(&sock),
-                    obs.clone(),
-                    buf[..n].to_vec(),
-                    out.clone(),
-                    rrl.clone(),
-                );
-                rt.spawn(async move {
-                    let mut out = chase(&f, &question, flags, &local).await;
-                    let h = Handled {
-                        rcode: rcode_of(&out),
-                        ..handled
-                    };
-                    if !rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
-                        return;
-                    }
-                    obs.observe(
-                        peer,
-                        &query,
-                        &out,
-                        &Handled {
-                            rcode: rcode_of(&out),
-                            ..handled
-                        },
-                        started,
-                    );
+                if !rate_limit(rrl.as_deref(), &h, peer, started, out) {
+                    return false;
+                }
+                obs.observe(peer, query, out, &h, started);
+                return true;
+            }
+            let (sock, obs, query, rrl) =
+                (Arc::clone(sock), obs.clone(), query.to_vec(), rrl.clone());
+            rt.spawn(async move {
+                let mut out = Vec::new();
+                let rcode = f.resolve(&question, id, flags, &mut out).await;
+                let h = Handled { rcode, ..handled };
+                if rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                    obs.observe(peer, &query, &out, &h, started);
                     let _ = sock.send_to(&out, peer);
-                });
-            }
+                }
+            });
+            false
+        }
+        Step::Chase {
+            question,
+            flags,
+            handled,
+        } => {
+            let Some(f) = fwd.map(Arc::clone) else {
+                return false;
+            };
+            let (sock, obs, query, local, rrl) = (
+                Arc::clone(sock),
+                obs.clone(),
+                query.to_vec(),
+                out.clone(),
+                rrl.clone(),
+            );
+            rt.spawn(async move {
+                let mut out = chase(&f, &question, flags, &local).await;
+                let h = Handled {
+                    rcode: rcode_of(&out),
+                    ..handled
+                };
+                if !rate_limit(rrl.as_deref(), &h, peer, started, &mut out) {
+                    return;
+                }
+                obs.observe(peer, &query, &out, &h, started);
+                let _ = sock.send_to(&out, peer);
+            });
+            false
         }
     }
 }

@@ -242,3 +242,57 @@ async fn transport_rules_and_bad_packets() {
     .await;
     srv.shutdown().await;
 }
+
+/// A burst from several clients at once, into one UDP worker: the worker takes queued datagrams
+/// in batches and sends the replies in one call, and every client must still get exactly its
+/// own replies (id, question and answer), none lost, none crossed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_from_many_clients_get_their_own_replies() {
+    let srv = start_server(&fixture_cluster(), |c| c.server.udp_workers = 1).await;
+    let addr = srv.server.local_addrs()[0];
+    blocking(move || {
+        let names = [
+            ("web.alpha.svc.cluster.local.", Some("10.96.1.1")),
+            ("web-0.web.alpha.svc.cluster.local.", Some("10.1.1.1")),
+            ("nope.alpha.svc.cluster.local.", None),
+            ("10-1-1-1.alpha.pod.cluster.local.", Some("10.1.1.1")),
+        ];
+        let clients: Vec<std::net::UdpSocket> = (0..4)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        for c in &clients {
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+        }
+        // Everything is sent before anything is read: the worker finds a full queue.
+        const PER_CLIENT: u16 = 100;
+        for (ci, c) in clients.iter().enumerate() {
+            for i in 0..PER_CLIENT {
+                let id = (ci as u16) << 12 | i;
+                let (name, _) = names[usize::from(i) % names.len()];
+                let q = build_query(id, name, "A", Some(1232), false, true);
+                c.send_to(&q, addr).expect("send");
+            }
+        }
+        for (ci, c) in clients.iter().enumerate() {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 2048];
+            for _ in 0..PER_CLIENT {
+                let n = c.recv(&mut buf).expect("every query gets a reply");
+                let m = parse(&buf[..n]);
+                let id = m.metadata.id;
+                assert_eq!(usize::from(id >> 12), ci, "a reply for another client");
+                assert!(seen.insert(id), "reply {id} twice");
+                let (name, want) = names[usize::from(id & 0xFFF) % names.len()];
+                assert_eq!(m.queries[0].name().to_string(), name, "question of {id}");
+                let got: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+                match want {
+                    Some(ip) => assert_eq!(got, [ip], "answer to {id}"),
+                    None => assert!(got.is_empty(), "answer to {id}"),
+                }
+            }
+        }
+    })
+    .await;
+    srv.shutdown().await;
+}
