@@ -14,12 +14,12 @@
 //! ## Layout
 //!
 //! ```text
-//!  DnsView ── shards: [Arc<Shard>; 4096] ──> Shard { data: one byte arena, table: offsets }
+//!  DnsView ── shards: [Arc<Shard>; 1024] ──> Shard { data: one byte arena, slots: offsets }
 //!                                              record = len | key | zone flags children |
 //!                                                       rrsets (header + answer + glue)
 //! ```
 //!
-//! A name's hash picks its shard; the shard's table holds the offset of the name's record in the
+//! A name's hash picks its shard; the shard's slots hold the offset of the name's record in the
 //! shard's arena. A node is one contiguous record, so the whole view is about two allocations
 //! per shard, and a lookup is one hash, two indexings and a key compare.
 //!
@@ -44,7 +44,6 @@ use std::sync::Arc;
 
 use discovery::ClusterSnapshot;
 use discovery::model::{ObjectKey, Service, ServiceType};
-use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::wire::{Rcode, is_subdomain, name_to_wire, rtype};
@@ -145,7 +144,7 @@ const REV6_APEX: &[u8] = b"\x03ip6\x04arpa\x00";
 // Integers are little-endian (they never leave the process); the bytes of the sets are wire
 // format. With FLAG_FALLBACK the last set is the fallback.
 
-const SHARD_BITS: u32 = 12;
+const SHARD_BITS: u32 = 10;
 const SHARDS: usize = 1 << SHARD_BITS;
 
 const FLAG_EXPLICIT: u8 = 1;
@@ -164,7 +163,7 @@ fn name_hash(name: &[u8]) -> u64 {
 }
 
 fn shard_index(hash: u64) -> usize {
-    // The table inside a shard uses the low and the top bits of the same hash: pick the shard
+    // The slots inside a shard use the low and the high half of the same hash: pick the shard
     // from a remix so that every shard still sees them spread.
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
 }
@@ -184,34 +183,66 @@ fn split_record(rec: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// One shard of the name table: the records of its names, back to back, and where each starts.
+///
+/// The slots are open addressing with linear probing, at most half full: a slot is the high half
+/// of the name's hash (never 0, which marks a free slot) and the record's offset, so a lookup
+/// touches one slot's cache line and then the record, which holds the answer too.
 #[derive(Debug, Default)]
 struct Shard {
     data: Box<[u8]>,
-    table: HashTable<u32>,
+    slots: Box<[(u32, u32)]>,
+    len: usize,
+}
+
+fn slot_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32 | 1
 }
 
 impl Shard {
     fn build(data: Vec<u8>) -> Self {
         let data = data.into_boxed_slice();
-        let mut table = HashTable::new();
+        let mut offsets = Vec::new();
         let mut at = 0;
         while at < data.len() {
-            let len = u32_at(&data, at) as usize;
-            let key = split_record(&data[at..at + len]).0;
-            table.insert_unique(name_hash(key), at as u32, |&o| {
-                name_hash(split_record(&data[o as usize..]).0)
-            });
-            at += len;
+            offsets.push(at as u32);
+            at += u32_at(&data, at) as usize;
         }
-        Self { data, table }
+        let mut slots = vec![(0u32, 0u32); (offsets.len() * 2).next_power_of_two().max(4)];
+        let mask = slots.len() - 1;
+        for &o in &offsets {
+            let hash = name_hash(split_record(&data[o as usize..]).0);
+            let mut i = hash as usize & mask;
+            while slots[i].0 != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = (slot_tag(hash), o);
+        }
+        Self {
+            data,
+            slots: slots.into_boxed_slice(),
+            len: offsets.len(),
+        }
     }
 
+    #[inline]
     fn get(&self, hash: u64, lname: &[u8]) -> Option<&[u8]> {
-        let at = *self
-            .table
-            .find(hash, |&o| split_record(&self.data[o as usize..]).0 == lname)?
-            as usize;
-        Some(&self.data[at..at + u32_at(&self.data, at) as usize])
+        let mask = self.slots.len().checked_sub(1)?;
+        let tag = slot_tag(hash);
+        let mut i = hash as usize & mask;
+        loop {
+            let (t, o) = self.slots[i];
+            if t == 0 {
+                return None;
+            }
+            if t == tag {
+                let rec = &self.data[o as usize..];
+                let rec = &rec[..u32_at(rec, 0) as usize];
+                if split_record(rec).0 == lname {
+                    return Some(rec);
+                }
+            }
+            i = (i + 1) & mask;
+        }
     }
 
     fn records(&self) -> impl Iterator<Item = &[u8]> {
@@ -1661,7 +1692,7 @@ impl<'b> Patch<'b> {
             apex: z.apex,
             soa_tail: tail.clone(),
         });
-        let len = shards.iter().map(|s| s.table.len()).sum();
+        let len = shards.iter().map(|s| s.len).sum();
         let chasers = match self.chasers {
             Some(c) => Arc::new(c),
             None => Arc::clone(&self.base.chasers),
