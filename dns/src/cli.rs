@@ -180,7 +180,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTERDNS_RRL_CLUSTER")]
     pub rrl_cluster: bool,
 
-    /// UDP sockets and threads per listen address (SO_REUSEPORT); 0 means one per CPU.
+    /// UDP sockets and threads per listen address (SO_REUSEPORT), each receiving and sending in
+    /// batches of up to 32; 0 means one per CPU.
     #[arg(
         long,
         env = "CLUSTERDNS_UDP_WORKERS",

@@ -1,13 +1,13 @@
 //! clusterdns: authoritative DNS for the Kubernetes cluster domain.
 //!
 //! ```text
-//!  discovery ──Arc<ClusterSnapshot>──> view::DnsView::build ──ArcSwap──> server (UDP, TCP)
-//!                                       (off the query path)              └─> answer::handle
-//!                                                                               (pure, no locks)
+//!  discovery ──Arc<ClusterSnapshot>──> view::DnsView::update ──ArcSwap──> server (UDP, TCP)
+//!                                       (off the query path:       └─> answer::handle
+//!                                        what changed only)              (pure, no locks)
 //! ```
 //!
 //! - [`wire`]: the strict, allocation-free query parser and name helpers.
-//! - [`view`]: every answer of the zone precomputed as wire bytes from one snapshot.
+//! - [`view`]: every answer of the zone precomputed as wire bytes, updated per changed service.
 //! - [`answer`]: query bytes to reply bytes against one view.
 //! - [`server`]: sockets, workers and the task that swaps views in.
 //! - [`metrics`]: what the server measures.

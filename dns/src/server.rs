@@ -1,7 +1,7 @@
 //! Sockets and tasks: the only part of the server that does I/O.
 //!
 //! ```text
-//!  snapshot watch ──> updater task ──DnsView::build──> ArcSwap<DnsView> ──load──┬─> UDP workers
+//!  snapshot watch ──> updater task ──DnsView::update─> ArcSwap<DnsView> ──load──┬─> UDP workers
 //!                     (coalesces, off the               (one pointer)           │   (one OS thread and one
 //!                      query path)                                              │    SO_REUSEPORT socket each)
 //!                                                                               └─> TCP tasks (tokio)
