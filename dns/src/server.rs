@@ -493,16 +493,18 @@ fn udp_query(
     rrl: &Option<Arc<Rrl>>,
 ) -> bool {
     let started = Instant::now();
+    // A reply in `out` to send now, rate limited, and counted before it is sent: a client that
+    // has its reply sees it in /metrics.
+    let send_now = |h: &Handled, out: &mut Vec<u8>| {
+        if !rate_limit(rrl.as_deref(), h, peer, started, out) {
+            return false;
+        }
+        obs.observe(peer, query, out, h, started);
+        true
+    };
     match handle_query(v, fwd.map(|f| &**f), query, Transport::Udp, out) {
         Step::Drop => false,
-        Step::Reply(h) => {
-            if !rate_limit(rrl.as_deref(), &h, peer, started, out) {
-                return false;
-            }
-            // Counted before it is sent: a client that has its reply sees it in /metrics.
-            obs.observe(peer, query, out, &h, started);
-            true
-        }
+        Step::Reply(h) => send_now(&h, out),
         Step::Forward {
             question,
             id,
@@ -517,11 +519,7 @@ fn udp_query(
                     rcode: rcode_of(out),
                     ..handled
                 };
-                if !rate_limit(rrl.as_deref(), &h, peer, started, out) {
-                    return false;
-                }
-                obs.observe(peer, query, out, &h, started);
-                return true;
+                return send_now(&h, out);
             }
             let (sock, obs, query, rrl) =
                 (Arc::clone(sock), obs.clone(), query.to_vec(), rrl.clone());
