@@ -904,8 +904,8 @@ struct Fragment {
     top: Option<Vec<u8>>,
     /// Its names (all at or below `top`): no other service has them.
     own: FxHashMap<Vec<u8>, Draft>,
-    /// `(reverse name, target)`: reverse names are shared with other services.
-    ptrs: BTreeSet<(Vec<u8>, Vec<u8>)>,
+    /// `(address, target)`: reverse names are shared with other services.
+    ptrs: BTreeSet<(IpAddr, Vec<u8>)>,
     /// The service is an ExternalName whose target is in the zone.
     chases: bool,
 }
@@ -1017,7 +1017,7 @@ impl Fragment {
             let d = self.name(svc_name.clone());
             d.ips.extend(svc.cluster_ips.iter().copied());
             for ip in &svc.cluster_ips {
-                self.ptrs.insert((reverse_wire(ip), svc_name.clone()));
+                self.ptrs.insert((*ip, svc_name.clone()));
             }
         }
         self.top = Some(svc_name.clone());
@@ -1026,7 +1026,7 @@ impl Fragment {
         for ep in &eps {
             let Some(host_name) = &ep.name else { continue };
             self.name(host_name.clone()).ips.insert(ep.ip);
-            self.ptrs.insert((reverse_wire(&ep.ip), host_name.clone()));
+            self.ptrs.insert((ep.ip, host_name.clone()));
         }
 
         // SRV: one per named port; headless targets are the endpoints, at their ports.
@@ -1086,6 +1086,10 @@ struct Patch<'b> {
     dirty: FxHashMap<Box<[u8]>, Slot>,
     /// The records written by this patch, back to back.
     arena: Vec<u8>,
+    /// A full build (from an empty view, no previous snapshot): see [`Patch::flush_ptrs`].
+    full: bool,
+    /// A full build's reverse names: address, and where the target's record is in the arena.
+    ptr_pairs: Vec<(IpAddr, usize, usize)>,
     chasers: Option<BTreeSet<Box<[u8]>>>,
 }
 
@@ -1145,6 +1149,8 @@ impl<'b> Patch<'b> {
             ctx,
             dirty: FxHashMap::default(),
             arena: Vec::new(),
+            full: false,
+            ptr_pairs: Vec::new(),
             chasers: None,
         }
     }
@@ -1202,6 +1208,7 @@ impl<'b> Patch<'b> {
             }
         }
 
+        self.full = old.is_none() && self.base.is_empty();
         for key in &services {
             let fragment = |snap: &ClusterSnapshot| {
                 snap.objects
@@ -1214,6 +1221,7 @@ impl<'b> Patch<'b> {
             let after = fragment(new);
             self.apply(before, after);
         }
+        self.flush_ptrs();
         for ns in namespaces {
             self.namespace(ns, new);
         }
@@ -1408,6 +1416,17 @@ impl<'b> Patch<'b> {
             self.ctx.render(&mut self.arena, name, d, c, &addrs, chased);
             records.push(Slot::Record(at, self.arena.len() - at));
         }
+        if self.full {
+            // A full build: reverse names are written once all services are in (`flush_ptrs`),
+            // from their address and where each target's record is.
+            for (ip, target) in &after.ptrs {
+                if let Some(&Slot::Record(at, len)) =
+                    index.get(target.as_slice()).map(|&i| &records[i])
+                {
+                    self.ptr_pairs.push((*ip, at, len));
+                }
+            }
+        }
         for name in before
             .own
             .keys()
@@ -1431,19 +1450,19 @@ impl<'b> Patch<'b> {
             self.dirty.insert(name.into_boxed_slice(), rec);
         }
         // Reverse names: shared, so changed pair by pair.
-        for (rev, target) in after.ptrs.difference(&before.ptrs) {
-            let ptr = &mut self.ensure(rev).ptr;
-            if let Err(at) = ptr.binary_search_by(|t| (**t).cmp(target.as_slice())) {
-                ptr.insert(at, target.as_slice().into());
+        for (ip, target) in after.ptrs.difference(&before.ptrs) {
+            if !self.full {
+                self.add_ptr(&reverse_wire(ip), target);
             }
         }
-        for (rev, target) in before.ptrs.difference(&after.ptrs) {
-            if self.exists(rev) {
-                let ptr = &mut self.draft(rev).ptr;
+        for (ip, target) in before.ptrs.difference(&after.ptrs) {
+            let rev = reverse_wire(ip);
+            if self.exists(&rev) {
+                let ptr = &mut self.draft(&rev).ptr;
                 if let Ok(at) = ptr.binary_search_by(|t| (**t).cmp(target.as_slice())) {
                     ptr.remove(at);
                 }
-                self.prune(rev);
+                self.prune(&rev);
             }
         }
         if before.chases || after.chases {
@@ -1456,6 +1475,48 @@ impl<'b> Patch<'b> {
             if let Some(t) = after.top.filter(|_| after.chases) {
                 chasers.insert(t.into());
             }
+        }
+    }
+
+    fn add_ptr(&mut self, rev: &[u8], target: &[u8]) {
+        let ptr = &mut self.ensure(rev).ptr;
+        if let Err(at) = ptr.binary_search_by(|t| (**t).cmp(target)) {
+            ptr.insert(at, target.into());
+        }
+    }
+
+    /// A full build's reverse names, each written once from all its targets: no draft per name
+    /// (60k of them for 10k services), just the address and where each target's record is.
+    fn flush_ptrs(&mut self) {
+        let mut pairs = std::mem::take(&mut self.ptr_pairs);
+        pairs.sort_unstable_by_key(|p| p.0);
+        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+            let mut targets: Vec<Box<[u8]>> = group
+                .iter()
+                .map(|&(_, at, len)| split_record(&self.arena[at..at + len]).0.into())
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            let rev = reverse_wire(&group[0].0);
+            if self.exists(&rev) {
+                for t in &targets {
+                    self.add_ptr(&rev, t);
+                }
+                continue;
+            }
+            let d = Draft {
+                ptr: targets,
+                ..Draft::default()
+            };
+            let at = self.arena.len();
+            self.ctx
+                .render(&mut self.arena, &rev, &d, 0, &|_| Vec::new(), Vec::new());
+            let len = self.arena.len() - at;
+            if let Some(p) = parent(&rev) {
+                self.ensure(p).children += 1;
+            }
+            self.dirty
+                .insert(rev.into_boxed_slice(), Slot::Record(at, len));
         }
     }
 
