@@ -490,9 +490,19 @@ impl DnsView {
     /// The node of `lname` (lower-case wire form), when the name exists.
     #[inline]
     pub fn get(&self, lname: &[u8]) -> Option<Node<'_>> {
-        let hash = name_hash(lname);
-        let rec = self.shards[shard_index(hash)].get(hash, lname)?;
+        let rec = self.get_record(lname)?;
         Some(Node::parse(split_record(rec).1))
+    }
+
+    /// The whole record of `lname`, when the name exists.
+    #[inline]
+    fn get_record(&self, lname: &[u8]) -> Option<&[u8]> {
+        let hash = name_hash(lname);
+        self.shards[shard_index(hash)].get(hash, lname)
+    }
+
+    fn is_apex(&self, name: &[u8]) -> bool {
+        self.zones.iter().any(|z| *z.apex == *name)
     }
 
     /// How many names exist.
@@ -522,12 +532,6 @@ fn zone_index(name: &[u8]) -> u8 {
         V6_REVERSE_ZONE as u8
     } else {
         CLUSTER_ZONE as u8
-    }
-}
-
-impl DnsView {
-    fn is_apex(&self, name: &[u8]) -> bool {
-        self.zones.iter().any(|z| *z.apex == *name)
     }
 }
 
@@ -1759,13 +1763,6 @@ impl<'b> Patch<'b> {
             None => Arc::clone(&self.base.chasers),
         };
         (shards.into(), len, chasers, zones)
-    }
-}
-
-impl DnsView {
-    fn get_record(&self, lname: &[u8]) -> Option<&[u8]> {
-        let hash = name_hash(lname);
-        self.shards[shard_index(hash)].get(hash, lname)
     }
 }
 
