@@ -401,7 +401,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(serve(cfg, lameduck)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clusterdns: error: {e:#}");
+            eprintln!("clusterdns: error: {}", error_chain(&e));
             if e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 ExitCode::from(EXIT_DATAERR)
             } else if e
@@ -416,4 +416,18 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `e` and its causes, each once: an error whose message already ends with its cause's (the
+/// `{source}` in a `thiserror` message) does not repeat it, as `{:#}` would.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

@@ -161,6 +161,29 @@ fn missing_manifests_dir_exits_66() {
 }
 
 #[test]
+fn a_port_in_use_exits_1_naming_the_address_and_the_reason_once() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = bin()
+        .args(["serve", "--listen", &addr, "--admin-listen", "off"])
+        .args(["--upstream", "off", "--manifests"])
+        .arg(example())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("clusterdns: error:"))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(
+        line.contains(&format!("cannot listen on {addr} (udp)")),
+        "{line}"
+    );
+    assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+}
+
+#[test]
 fn help_documents_every_flag() {
     let out = bin().args(["serve", "--help"]).output().expect("runs");
     assert!(out.status.success());
