@@ -181,7 +181,8 @@ pub struct ServeArgs {
     pub rrl_cluster: bool,
 
     /// UDP sockets and threads per listen address (SO_REUSEPORT), each receiving and sending in
-    /// batches of up to 32; 0 means one per CPU.
+    /// batches of up to 32, worker N taking the datagrams received on the Nth CPU this process
+    /// may use (SO_INCOMING_CPU); 0 means one per CPU.
     #[arg(
         long,
         env = "CLUSTERDNS_UDP_WORKERS",
