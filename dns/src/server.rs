@@ -153,10 +153,10 @@ fn bind_pair(
         proto,
         source,
     };
+    let cpus = allowed_cpus();
+    let cpu = |i: usize| cpus[i % cpus.len()];
     let mut attempts = 0;
     loop {
-        let cpus = allowed_cpus();
-        let cpu = |i: usize| cpus[i % cpus.len()];
         let first = udp_socket(addr, cpu(0)).map_err(|e| bind_err("udp", e))?;
         let local = first.local_addr().map_err(|e| bind_err("udp", e))?;
         match tcp_listener(local) {
