@@ -1,0 +1,455 @@
+//! Test hosts in network namespaces, and a runner for a CNI plugin inside one.
+//!
+//! A test builds a [`Node`]: a namespace playing the node (where the plugin runs, as a runtime
+//! would run it), an outside host behind it on 192.0.2.0/24 and 2001:db8::/64 (which has no
+//! route back to the pods, so only masqueraded traffic gets answers), and pods as namespaces
+//! added with the plugin. Every namespace is removed when its guard drops, also on failure.
+//!
+//! Traffic is real: a thread moves into a namespace with `setns` and opens a TCP listener or
+//! connection there.
+
+#![allow(dead_code)] // Each test file uses its own part of the support.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+use serde_json::{Value, json};
+
+/// Whether this machine can run the namespace tests: root, `ip` and `nft`. Outside CI a missing
+/// piece skips the test with one line saying why; with `CI=true` it fails instead.
+pub fn can_run(also: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.ok() != Some(0) {
+        missing.push("root".to_string());
+    }
+    for tool in ["ip", "nft"] {
+        if !Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            missing.push(tool.to_string());
+        }
+    }
+    for path in also {
+        if !Path::new(path).exists() {
+            missing.push((*path).to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "needs {} (apt-get install iproute2 nftables containernetworking-plugins)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Runs a command that must succeed, returning its stdout.
+pub fn sh(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, removed on drop.
+#[derive(Debug)]
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    pub fn new(role: &str) -> Ns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cni{}-{n}-{role}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        sh(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+        ]);
+        Ns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside this namespace; it must succeed.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// `ip -j ARGS` inside the namespace, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["ip", "-j"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.sh(&full)).expect("ip -j prints JSON")
+    }
+
+    /// Removes the namespace now (a pod whose runtime tore it down before DEL).
+    pub fn remove(self) {}
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a thread inside the namespace at `path`.
+fn in_ns<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A TCP listener in a namespace that answers one connection with "hello from <addr>" and
+/// reports the client's address it saw.
+pub struct Listener {
+    pub port: u16,
+    peer: mpsc::Receiver<SocketAddr>,
+}
+
+impl Listener {
+    pub fn start(ns: &Ns, bind: IpAddr) -> Listener {
+        let (port_tx, port_rx) = mpsc::channel();
+        let (peer_tx, peer_rx) = mpsc::channel();
+        in_ns(ns.path(), move || {
+            let listener = TcpListener::bind((bind, 0)).expect("bind in namespace");
+            port_tx
+                .send(listener.local_addr().expect("local addr").port())
+                .expect("send port");
+            while let Ok((mut stream, peer)) = listener.accept() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                let _ = BufReader::new(&stream).read_line(&mut line);
+                let _ = writeln!(stream, "hello from {bind}");
+                if peer_tx.send(peer).is_err() {
+                    break;
+                }
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("listener started");
+        Listener {
+            port,
+            peer: peer_rx,
+        }
+    }
+
+    /// The client address of the next connection.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a connection arrived")
+            .ip()
+    }
+}
+
+/// Connects from a namespace; the server's greeting or the error.
+pub fn connect(ns: &Ns, to: IpAddr, port: u16) -> Result<String, String> {
+    in_ns(ns.path(), move || {
+        let mut stream =
+            TcpStream::connect_timeout(&SocketAddr::new(to, port), Duration::from_secs(5))
+                .map_err(|err| format!("connect to {to}:{port}: {err}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        writeln!(stream, "hi").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(line.trim().to_string())
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// Which plugin a test runs: this one, or the reference `bridge` + `host-local` from Debian's
+/// containernetworking-plugins (which stop at CNI 1.0.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Ours,
+    Reference,
+}
+
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+impl Flavor {
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Flavor::Ours => PathBuf::from(env!("CARGO_BIN_EXE_netd-cni")),
+            Flavor::Reference => Path::new(REFERENCE_DIR).join("bridge"),
+        }
+    }
+
+    /// The newest version the plugin speaks.
+    pub fn version(self) -> &'static str {
+        match self {
+            Flavor::Ours => "1.1.0",
+            Flavor::Reference => "1.0.0",
+        }
+    }
+
+    pub fn prerequisites(self) -> Vec<&'static str> {
+        match self {
+            Flavor::Ours => Vec::new(),
+            Flavor::Reference => vec!["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"],
+        }
+    }
+}
+
+/// The answer of one plugin run.
+#[derive(Debug)]
+pub struct Answer {
+    pub success: bool,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Answer {
+    fn from(output: Output) -> Answer {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        Answer {
+            success: output.status.success(),
+            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The error code of a failed run.
+    pub fn code(&self) -> u64 {
+        assert!(!self.success, "expected a failure, got {}", self.stdout);
+        self.json["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error object: {self:?}"))
+    }
+
+    pub fn ok(self) -> Value {
+        assert!(
+            self.success,
+            "plugin failed: {} {}",
+            self.stdout, self.stderr
+        );
+        self.json
+    }
+
+    /// The addresses of the result.
+    pub fn addresses(json: &Value) -> Vec<IpAddr> {
+        json["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|ip| {
+                let text = ip["address"].as_str().expect("address");
+                text.split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .expect("an address")
+            })
+            .collect()
+    }
+}
+
+/// The node: its namespace, the outside host, the data directory and the configuration.
+pub struct Node {
+    pub flavor: Flavor,
+    pub ns: Ns,
+    pub outside: Ns,
+    pub data: tempfile::TempDir,
+    pub conf: Value,
+}
+
+pub const NODE_V4: &str = "192.0.2.1";
+pub const NODE_V6: &str = "2001:db8::1";
+pub const OUTSIDE_V4: &str = "192.0.2.2";
+pub const OUTSIDE_V6: &str = "2001:db8::2";
+
+impl Node {
+    /// A node with a dual-stack pod network 10.22.0.0/24 + fd00:22::/64 on bridge `cni0`.
+    pub fn new(flavor: Flavor) -> Node {
+        let ns = Ns::new("node");
+        let outside = Ns::new("out");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.name,
+        ]);
+        for (host, dev, v4, v6) in [
+            (&ns, "up0", NODE_V4, NODE_V6),
+            (&outside, "eth0", OUTSIDE_V4, OUTSIDE_V6),
+        ] {
+            host.sh(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            host.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            host.sh(&["ip", "link", "set", dev, "up"]);
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let ipam = match flavor {
+            Flavor::Ours => json!({
+                "ranges": [[{"subnet": "10.22.0.0/24"}], [{"subnet": "fd00:22::/64"}]],
+                "dataDir": data.path(),
+            }),
+            Flavor::Reference => json!({
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.22.0.0/24"}], [{"subnet": "fd00:22::/64"}]],
+                "dataDir": data.path(),
+            }),
+        };
+        let plugin_type = match flavor {
+            Flavor::Ours => "netd-cni",
+            Flavor::Reference => "bridge",
+        };
+        let conf = json!({
+            "cniVersion": flavor.version(),
+            "name": "pods",
+            "type": plugin_type,
+            "bridge": "cni0",
+            "isDefaultGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "mtu": 1400,
+            "ipam": ipam,
+        });
+        Node {
+            flavor,
+            ns,
+            outside,
+            data,
+            conf,
+        }
+    }
+
+    /// Runs the plugin in the node's namespace, as a runtime would.
+    pub fn run(&self, command: &str, container: &str, netns: Option<&str>, conf: &Value) -> Answer {
+        self.run_env(
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", container),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            netns,
+            conf,
+        )
+    }
+
+    /// Runs the plugin with exactly the `CNI_*` variables given (and `CNI_NETNS` if `netns`).
+    pub fn run_env(&self, vars: &[(&str, &str)], netns: Option<&str>, conf: &Value) -> Answer {
+        let cni_path = format!(
+            "{}:{REFERENCE_DIR}",
+            self.flavor.binary().parent().expect("dir").display()
+        );
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.ns.name])
+            .arg(self.flavor.binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_PATH", cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        if let Some(netns) = netns {
+            command.env("CNI_NETNS", netns);
+        }
+        let mut child = command.spawn().expect("spawn plugin");
+        let input = conf.to_string();
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Answer::from(child.wait_with_output().expect("wait plugin"))
+    }
+
+    /// Adds a pod namespace to the network; returns it and the ADD result.
+    pub fn add_pod(&self, id: &str) -> (Ns, Value) {
+        let pod = Ns::new(id);
+        let result = self.run("ADD", id, Some(&pod.path()), &self.conf).ok();
+        (pod, result)
+    }
+
+    pub fn del_pod(&self, id: &str, pod: Option<&Ns>) -> Answer {
+        let mut conf = self.conf.clone();
+        conf["prevResult"] = Value::Null;
+        self.run("DEL", id, pod.map(|p| p.path()).as_deref(), &conf)
+    }
+
+    /// The configuration with `prevResult` set, as a runtime sends CHECK and DEL.
+    pub fn with_prev(&self, prev: &Value) -> Value {
+        let mut conf = self.conf.clone();
+        conf["prevResult"] = prev.clone();
+        conf
+    }
+
+    /// The allocation records in the data directory (host-local's layout, both plugins).
+    pub fn records(&self) -> Vec<String> {
+        let dir = self.data.path().join("pods");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|listing| {
+                listing
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.parse::<IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
