@@ -316,7 +316,7 @@ impl Request<'_> {
         }
         if conf.ip_masq && !ips.is_empty() {
             let subnets: Vec<IpNet> = ips.iter().map(|ip| ip.address.trunc()).collect();
-            masq::apply(&masq::ensure_script(&subnets))?;
+            masq::ensure(&subnets)?;
         }
         // The bridge's and the host end's addresses are read last: they settle once the port
         // is attached.
@@ -623,10 +623,21 @@ impl Request<'_> {
             }
         }
         if conf.ip_masq {
-            let masqueraded = masq::current()?.unwrap_or_default();
+            let table = masq::current()?.ok_or_else(|| {
+                failed(format!(
+                    "table inet {}, which masquerades the pods, is missing",
+                    masq::TABLE
+                ))
+            })?;
+            if table.rules < 2 {
+                return Err(failed(format!(
+                    "the masquerade rules of table inet {} are missing",
+                    masq::TABLE
+                )));
+            }
             for ip in &ours {
                 let subnet = ip.address.trunc();
-                if !masqueraded.contains(&subnet) {
+                if !table.subnets.contains(&subnet) {
                     return Err(failed(format!(
                         "masquerading of {subnet} is missing from table inet {}",
                         masq::TABLE

@@ -98,8 +98,12 @@ fn traffic_to_the_outside_host_is_masqueraded_to_the_node(flavor: Flavor) {
 }
 
 fn the_pod_end_gets_mtu_addresses_without_dad_and_routes(flavor: Flavor) {
-    let node = Node::new(flavor);
+    let mut node = Node::new(flavor);
+    // An IPAM route without a gateway goes through the range's gateway.
+    node.conf["ipam"]["routes"] = json!([{"dst": "198.51.100.0/24"}]);
     let (pod, result) = node.add_pod("a");
+    let extra = pod.sh(&["ip", "route", "show", "198.51.100.0/24"]);
+    assert_eq!(extra.trim(), "198.51.100.0/24 via 10.22.0.1 dev eth0");
     let links = pod.ip_json(&["addr", "show", "dev", "eth0"]);
     let link = &links[0];
     assert_eq!(link["mtu"], 1400);
@@ -618,4 +622,56 @@ fn logs_go_to_the_log_file_and_never_to_stdout() {
     let again = node.run("ADD", "a", Some(&pod.path()), &node.conf);
     assert!(again.stderr.is_empty(), "stderr: {}", again.stderr);
     serde_json::from_str::<Value>(&again.stdout).expect("stdout holds only the error object");
+}
+
+/// Ours only: STATUS says 51 when the bridge is gone under allocated pods, and CHECK notices
+/// the masquerade rules going.
+#[test]
+fn status_and_check_notice_the_node_losing_its_network() {
+    if !support::can_run(&[]) {
+        return;
+    }
+    let node = Node::new(Flavor::Ours);
+    let (pod, result) = node.add_pod("a");
+    let check = node.run("CHECK", "a", Some(&pod.path()), &node.with_prev(&result));
+    assert!(check.success, "{check:?}");
+    let check = || node.run("CHECK", "a", Some(&pod.path()), &node.with_prev(&result));
+    node.ns.sh(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "netd-cni",
+        "masq_v4",
+        "{ 10.22.0.0/24 }",
+    ]);
+    assert_eq!(check().code(), 101);
+    assert_eq!(
+        check().json["details"],
+        "masquerading of 10.22.0.0/24 is missing from table inet netd-cni"
+    );
+    node.ns
+        .sh(&["nft", "flush", "chain", "inet", "netd-cni", "postrouting"]);
+    assert_eq!(
+        check().json["details"],
+        "the masquerade rules of table inet netd-cni are missing"
+    );
+    node.ns.sh(&["nft", "delete", "table", "inet", "netd-cni"]);
+    assert_eq!(
+        check().json["details"],
+        "table inet netd-cni, which masquerades the pods, is missing"
+    );
+    // The next ADD puts the table back.
+    let (b, _) = node.add_pod("b");
+    assert!(check().success, "{:?}", check());
+    let _still_there = b;
+    let status = |conf: &Value| node.run_env(&[("CNI_COMMAND", "STATUS")], None, conf);
+    assert!(status(&node.conf).success);
+    node.ns.sh(&["ip", "link", "del", "cni0"]);
+    let lost = status(&node.conf);
+    assert_eq!(lost.code(), 51);
+    assert_eq!(
+        lost.json["details"],
+        "bridge cni0 is gone while 4 addresses are allocated"
+    );
 }
