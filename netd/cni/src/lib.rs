@@ -27,3 +27,20 @@ pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod protocol;
+
+use std::io::{self, Write};
+use std::process::{Command, Output, Stdio};
+
+/// Runs `command` with `input` on its stdin and collects its stdout (and stderr, when the
+/// caller asked for it to be piped).
+fn run_with_input(command: &mut Command, input: &[u8]) -> io::Result<Output> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits without reading all of its input answers through its status.
+        let _ = stdin.write_all(input);
+    }
+    child.wait_with_output()
+}

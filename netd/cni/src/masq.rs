@@ -25,7 +25,6 @@
 //! A subnet stays in the set when its last pod goes, as the bridge and its gateway address stay:
 //! the rules are the network's, not a pod's.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
@@ -78,26 +77,14 @@ pub fn ensure_script(subnets: &[IpNet]) -> String {
 
 /// Applies `script` with `nft -f -`, as one atomic transaction.
 pub fn apply(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| {
-            CniError::new(
-                Code::System,
-                format!("running nft for ipMasq (is nftables installed?): {err}"),
-            )
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|err| CniError::new(Code::System, format!("writing to nft: {err}")))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|err| CniError::new(Code::System, format!("waiting for nft: {err}")))?;
+    let mut nft = Command::new("nft");
+    nft.args(["-f", "-"]).stderr(Stdio::piped());
+    let output = crate::run_with_input(&mut nft, script.as_bytes()).map_err(|err| {
+        CniError::new(
+            Code::System,
+            format!("running nft for ipMasq (is nftables installed?): {err}"),
+        )
+    })?;
     if !output.status.success() {
         return Err(CniError::new(
             Code::System,

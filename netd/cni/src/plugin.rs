@@ -81,22 +81,17 @@ pub fn run(invocation: Result<Invocation>, stdin: &[u8]) -> Outcome {
             Command::Version => Ok(None),
         };
         let took = started.elapsed().as_secs_f64() * 1000.0;
-        match &outcome {
-            Ok(_) => log.line(format_args!(
-                "{} network={} container={} ifname={}: ok in {took:.1} ms",
-                invocation.command.as_str(),
-                conf.name,
-                invocation.container_id,
-                invocation.ifname
-            )),
-            Err(err) => log.line(format_args!(
-                "{} network={} container={} ifname={}: {err}",
-                invocation.command.as_str(),
-                conf.name,
-                invocation.container_id,
-                invocation.ifname
-            )),
-        }
+        let how = match &outcome {
+            Ok(_) => format!("ok in {took:.1} ms"),
+            Err(err) => err.to_string(),
+        };
+        log.line(format_args!(
+            "{} network={} container={} ifname={}: {how}",
+            invocation.command.as_str(),
+            conf.name,
+            invocation.container_id,
+            invocation.ifname
+        ));
         outcome
     });
     Outcome { version, result }
@@ -743,26 +738,16 @@ impl Request<'_> {
                     ),
                 )
             })?;
-        let mut child = std::process::Command::new(&found)
+        let mut delegate = std::process::Command::new(&found);
+        delegate
             .env("CNI_COMMAND", command.as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|err| {
-                CniError::new(
-                    Code::Delegate,
-                    format!("running {}: {err}", found.display()),
-                )
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(self.stdin).map_err(|err| {
-                CniError::new(Code::Delegate, format!("writing to {kind}: {err}"))
-            })?;
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|err| CniError::new(Code::Delegate, format!("waiting for {kind}: {err}")))?;
+            .stderr(Stdio::inherit());
+        let output = crate::run_with_input(&mut delegate, self.stdin).map_err(|err| {
+            CniError::new(
+                Code::Delegate,
+                format!("running {}: {err}", found.display()),
+            )
+        })?;
         let answer: Option<Value> = serde_json::from_slice(&output.stdout).ok();
         if output.status.success() {
             return Ok(answer);

@@ -39,6 +39,7 @@ both!(
     environment_and_configuration_errors_carry_the_spec_codes,
     version_lists_what_the_plugin_speaks,
     status_and_gc_are_answered_at_1_1_0,
+    without_ipam_the_attachment_is_layer_2_only,
 );
 
 fn v4(json: &Value) -> IpAddr {
@@ -428,7 +429,7 @@ fn environment_and_configuration_errors_carry_the_spec_codes(flavor: Flavor) {
         &json!("not an object"),
     );
     // The reference decodes stdin as a Go struct: a JSON string fails there as a decode error.
-    assert!(matches!(garbage.code(), 6), "{garbage:?}");
+    assert_eq!(garbage.code(), 6, "{garbage:?}");
     let mut future = node.conf.clone();
     future["cniVersion"] = json!("2.0.0");
     assert_eq!(node.run("ADD", "x", Some(&path), &future).code(), 1);
@@ -674,4 +675,47 @@ fn status_and_check_notice_the_node_losing_its_network() {
         lost.json["details"],
         "bridge cni0 is gone while 4 addresses are allocated"
     );
+}
+
+fn without_ipam_the_attachment_is_layer_2_only(flavor: Flavor) {
+    let mut node = Node::new(flavor);
+    node.conf.as_object_mut().expect("object").remove("ipam");
+    node.conf["ipMasq"] = json!(false);
+    let (pod, result) = node.add_pod("a");
+    assert!(Answer::addresses(&result).is_empty(), "{result}");
+    let link = &pod.ip_json(&["addr", "show", "dev", "eth0"])[0];
+    assert_eq!(link["operstate"], "UP");
+    assert!(
+        link["addr_info"]
+            .as_array()
+            .expect("addresses")
+            .iter()
+            .all(|a| a["scope"] != "global")
+    );
+    assert!(node.del_pod("a", Some(&pod)).success);
+}
+
+/// Ours only: the example configuration in deploy/cni/ works as a runtime would use it (the
+/// runtime passes each plugin its entry with the list's `cniVersion` and `name`).
+#[test]
+fn the_example_conflist_attaches_a_pod() {
+    if !support::can_run(&[]) {
+        return;
+    }
+    let text = include_str!("../../../deploy/cni/10-pods.conflist");
+    let list: Value = serde_json::from_str(text).expect("the example is JSON");
+    let mut node = Node::new(Flavor::Ours);
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    conf["ipam"]["dataDir"] = json!(node.data.path());
+    node.conf = conf;
+    let (pod, result) = node.add_pod("a");
+    assert_eq!(Answer::addresses(&result).len(), 2, "{result}");
+    let check = node.run("CHECK", "a", Some(&pod.path()), &node.with_prev(&result));
+    assert!(check.success, "{check:?}");
+    let outside: IpAddr = support::OUTSIDE_V4.parse().expect("address");
+    let listener = Listener::start(&node.outside, outside);
+    assert!(connect(&pod, outside, listener.port).is_ok());
+    assert_eq!(listener.peer().to_string(), support::NODE_V4);
 }

@@ -54,7 +54,7 @@ pub fn can_run(also: &[&str]) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{why}");
     }
-    eprintln!("skipped: {why}");
+    eprintln!("SKIP: {why}");
     false
 }
 
