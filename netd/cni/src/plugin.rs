@@ -229,8 +229,9 @@ impl Request<'_> {
                 (ips, ipam.routes.clone(), Default::default())
             }
             Ipam::Delegate(kind) => {
-                let answer = self.delegate(kind, Command::Add)?;
+                // SPEC.md section 4: a failed delegated ADD is followed by its DEL too.
                 undo.delegated = true;
+                let answer = self.delegate(kind, Command::Add)?;
                 let answer = answer.ok_or_else(|| {
                     CniError::new(Code::Delegate, format!("{kind} printed no result for ADD"))
                 })?;

@@ -599,6 +599,32 @@ fn a_delegated_ipam_plugin_allocates_and_releases() {
         "{failed:?}"
     );
     assert!(!pod.sh(&["ip", "link"]).contains("eth0"));
+    // A delegate whose ADD fails is also sent DEL (SPEC.md section 4): a recording delegate.
+    let bin = node.data.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let log = node.data.path().join("delegate.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$CNI_COMMAND\" >> {}\n[ \"$CNI_COMMAND\" = ADD ] || exit 0\n\
+         echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"busy\",\"details\":\"try later\"}}'\nexit 1\n",
+        log.display()
+    );
+    let recorder = bin.join("recorder");
+    std::fs::write(&recorder, script).expect("write script");
+    std::fs::set_permissions(
+        &recorder,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    node.extra_path = Some(bin);
+    node.conf["ipam"] = json!({"type": "recorder"});
+    let busy = node.run("ADD", "b", Some(&pod.path()), &node.conf);
+    assert_eq!(
+        busy.code(),
+        11,
+        "the delegate's own code is passed on: {busy:?}"
+    );
+    assert_eq!(busy.json["details"], "recorder ADD: try later");
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "ADD\nDEL\n");
     // A delegate that is not there.
     node.conf["ipam"]["type"] = json!("no-such-ipam");
     let missing = node.run("ADD", "b", Some(&pod.path()), &node.conf);

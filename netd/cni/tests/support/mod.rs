@@ -293,6 +293,8 @@ pub struct Node {
     pub outside: Ns,
     pub data: tempfile::TempDir,
     pub conf: Value,
+    /// A directory searched first in `CNI_PATH` (for test delegates).
+    pub extra_path: Option<PathBuf>,
 }
 
 pub const NODE_V4: &str = "192.0.2.1";
@@ -369,6 +371,7 @@ impl Node {
             outside,
             data,
             conf,
+            extra_path: None,
         }
     }
 
@@ -387,10 +390,13 @@ impl Node {
 
     /// Runs the plugin with exactly the `CNI_*` variables given (and `CNI_NETNS` if `netns`).
     pub fn run_env(&self, vars: &[(&str, &str)], netns: Option<&str>, conf: &Value) -> Answer {
-        let cni_path = format!(
+        let mut cni_path = format!(
             "{}:{REFERENCE_DIR}",
             self.flavor.binary().parent().expect("dir").display()
         );
+        if let Some(extra) = &self.extra_path {
+            cni_path = format!("{}:{cni_path}", extra.display());
+        }
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.ns.name])
