@@ -33,6 +33,9 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub ip_masq: bool,
+    /// Destinations reached without masquerading besides the pod subnets: the cluster's pod
+    /// network, so pods on other nodes see a pod's own address.
+    pub non_masquerade_cidrs: Vec<IpNet>,
     pub hairpin_mode: bool,
     pub mtu: Option<u32>,
     pub ipam: Ipam,
@@ -102,6 +105,8 @@ struct RawConf {
     ip_masq: bool,
     #[serde(default)]
     ip_masq_backend: Option<String>,
+    #[serde(default, rename = "nonMasqueradeCIDRs")]
+    non_masquerade_cidrs: Vec<IpNet>,
     #[serde(default)]
     hairpin_mode: bool,
     #[serde(default)]
@@ -268,6 +273,7 @@ impl NetConf {
             is_gateway: raw.is_gateway || raw.is_default_gateway,
             is_default_gateway: raw.is_default_gateway,
             ip_masq: raw.ip_masq,
+            non_masquerade_cidrs: raw.non_masquerade_cidrs.iter().map(IpNet::trunc).collect(),
             hairpin_mode: raw.hairpin_mode,
             mtu,
             ipam,
@@ -378,9 +384,20 @@ fn parse_ipam(section: &Value) -> Result<Ipam> {
             }
         }
     }
+    let mut routes = raw.routes;
+    for (i, route) in routes.iter_mut().enumerate() {
+        if let Some((key, value)) = route.extra.iter().next() {
+            return Err(CniError::new(
+                Code::UnsupportedField,
+                format!("ipam.routes[{i}].{key}: {value} is not supported by {PLUGIN_NAME}"),
+            ));
+        }
+        // The kernel keeps a route's destination without host bits; so do the result and CHECK.
+        route.dst = route.dst.trunc();
+    }
     Ok(Ipam::Builtin(IpamConfig {
         range_sets,
-        routes: raw.routes,
+        routes,
         data_dir: raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -506,6 +523,29 @@ mod tests {
         assert_eq!(c.bridge, "cni0");
         assert!(c.is_gateway, "isDefaultGateway implies isGateway");
         assert!(matches!(c.ipam, Ipam::None));
+    }
+
+    #[test]
+    fn routes_are_kept_without_host_bits_and_their_1_1_fields_refused() {
+        let ipam = builtin(json!({"cniVersion": "1.1.0", "name": "pods", "ipam": {
+            "subnet": "10.22.0.0/24", "routes": [{"dst": "10.1.2.3/16"}]
+        }}));
+        assert_eq!(ipam.routes[0].dst.to_string(), "10.1.0.0/16");
+        let err = conf(json!({"cniVersion": "1.1.0", "name": "pods", "ipam": {
+            "subnet": "10.22.0.0/24", "routes": [{"dst": "10.1.0.0/16", "table": 100}]
+        }}))
+        .unwrap_err();
+        assert_eq!(err.code, Code::UnsupportedField);
+        assert_eq!(
+            err.details,
+            "ipam.routes[0].table: 100 is not supported by netd-cni"
+        );
+        let c = conf(json!({"cniVersion": "1.1.0", "name": "pods",
+            "nonMasqueradeCIDRs": ["10.244.7.0/16"]}));
+        assert_eq!(
+            c.unwrap().non_masquerade_cidrs[0].to_string(),
+            "10.244.0.0/16"
+        );
     }
 
     #[test]

@@ -8,15 +8,17 @@
 //! <dataDir>/<network>/last_reserved_ip.0   the address last handed out from range set 0
 //! ```
 //!
-//! Every operation holds an exclusive `flock` on the network's directory (as `host-local` does),
-//! so concurrent ADDs on a node never hand out one address twice; the file for an address is
-//! created with `O_EXCL` as a second guard. Allocation continues after the last address handed
+//! Every operation holds an exclusive `flock` on `<dataDir>/<network>/lock`, the file
+//! `host-local` locks, so concurrent ADDs on a node (of this plugin or of `host-local`) never
+//! hand out one address twice; the file for an address is created with `O_EXCL` as a second
+//! guard. Allocation continues after the last address handed
 //! out, so a released address is not reused at once.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,13 +47,20 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating it if needed) and locks `<data_dir>/<network>`.
+    /// Opens (creating it if needed) the directory `<data_dir>/<network>` and locks its `lock`
+    /// file.
     pub fn open(data_dir: &Path, network: &str, wait: Duration) -> Result<Store> {
         let dir = data_dir.join(network);
         fs::create_dir_all(&dir)
             .map_err(|err| system(format_args!("creating {}", dir.display()), err))?;
-        let mut handle = File::open(&dir)
-            .map_err(|err| system(format_args!("opening {}", dir.display()), err))?;
+        let lock_path = dir.join("lock");
+        let mut handle = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|err| system(format_args!("opening {}", lock_path.display()), err))?;
         let deadline = Instant::now() + wait;
         loop {
             match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
@@ -144,7 +153,8 @@ impl Store {
             .ok()
     }
 
-    fn remove(&self, ip: IpAddr) -> Result<()> {
+    /// Removes the record of `ip`; one already gone is success.
+    pub fn remove(&self, ip: IpAddr) -> Result<()> {
         let path = self.record_path(ip);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -154,15 +164,26 @@ impl Store {
     }
 
     /// Releases every address of the attachment; returns them. Nothing to release is success.
+    /// Records of old `host-local` versions (a container ID and no interface name) are released
+    /// only when no record names the interface, as `host-local` does.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let mut released = Vec::new();
-        for entry in self.entries()? {
-            if entry.container_id == container_id
-                && (entry.ifname == ifname || entry.ifname.is_empty())
-            {
-                self.remove(entry.ip)?;
-                released.push(entry.ip);
-            }
+        let entries = self.entries()?;
+        let exact: Vec<IpAddr> = entries
+            .iter()
+            .filter(|e| e.container_id == container_id && e.ifname == ifname)
+            .map(|e| e.ip)
+            .collect();
+        let released = if exact.is_empty() {
+            entries
+                .iter()
+                .filter(|e| e.container_id == container_id && e.ifname.is_empty())
+                .map(|e| e.ip)
+                .collect()
+        } else {
+            exact
+        };
+        for ip in &released {
+            self.remove(*ip)?;
         }
         Ok(released)
     }
@@ -215,6 +236,7 @@ pub fn allocate(
                 .map_err(|err| system("building an address", err))?,
             gateway: Some(range.gateway),
             interface: None,
+            extra: Default::default(),
         });
     }
     Ok(given)
@@ -380,6 +402,25 @@ mod tests {
         assert_eq!(store.entries().unwrap().len(), 2);
         let again = allocate(&store, &config, "a", "eth0").unwrap_err();
         assert_eq!(again.code, Code::AlreadyExists);
+    }
+
+    #[test]
+    fn records_without_an_interface_are_released_only_when_none_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ipam(json!([[{"subnet": "10.1.0.0/24"}]]), dir.path());
+        let store = Store::open(dir.path(), "pods", Duration::from_secs(1)).unwrap();
+        allocate(&store, &config, "a", "eth0").unwrap();
+        // What an old host-local wrote: the container ID alone.
+        fs::write(dir.path().join("pods/10.1.0.9"), "a").unwrap();
+        assert_eq!(
+            store.release("a", "eth0").unwrap(),
+            ["10.1.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            store.release("a", "eth0").unwrap(),
+            ["10.1.0.9".parse::<IpAddr>().unwrap()]
+        );
+        assert!(store.entries().unwrap().is_empty());
     }
 
     #[test]

@@ -1,78 +1,111 @@
-//! Masquerading of pod traffic that leaves the pod networks (`ipMasq`), in one nftables table
-//! the plugin owns and nothing else touches:
+//! Masquerading of pod traffic that leaves the pod network (`ipMasq`), in one nftables table the
+//! plugin owns and nothing else touches:
 //!
 //! ```text
 //! table inet netd-cni {
-//!     set masq_v4 { type ipv4_addr; flags interval; elements = { 10.22.0.0/16 } }
-//!     set masq_v6 { type ipv6_addr; flags interval; elements = { fd00:22::/64 } }
+//!     set pods_v4   { type ipv4_addr; flags interval; auto-merge; elements = { 10.244.1.0/24 } }
+//!     set direct_v4 { type ipv4_addr; flags interval; auto-merge; elements = { 10.244.0.0/16 } }
+//!     (pods_v6, direct_v6 alike)
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
-//!         ip saddr @masq_v4 ip daddr != @masq_v4 ip daddr != 224.0.0.0/4 masquerade
-//!         ip6 saddr @masq_v6 ip6 daddr != @masq_v6 ip6 daddr != ff00::/8 masquerade
+//!         ip saddr @pods_v4 ip daddr != @direct_v4 ip daddr != 224.0.0.0/4 masquerade
+//!         ip6 saddr @pods_v6 ip6 daddr != @direct_v6 ip6 daddr != ff00::/8 masquerade
 //!     }
 //! }
 //! ```
 //!
-//! The sets hold the subnets of every network with `ipMasq`; the rules do not depend on any one
-//! network. An ADD first only adds its subnets to the sets ([`elements_script`]): once the
-//! table exists that is all there is to do, and it costs a third of rewriting the base chain
-//! (each commit that touches a base chain waits for the kernel to swap its hooks, about 10 ms).
-//! When the sets are missing, the full [`ensure_script`] creates the table, sets and rules and
-//! adds the subnets. Both are idempotent and the same whoever runs them, so concurrent ADDs are
-//! safe (the kernel serialises nftables transactions). Traffic between pods, on this node or another in the same subnets,
-//! keeps its source address; only traffic to the world outside takes the node's.
+//! `pods_*` hold the subnets of every network with `ipMasq`: their traffic is masqueraded unless
+//! it goes to a destination in `direct_*`, which holds the same subnets plus the configuration's
+//! `nonMasqueradeCIDRs` (the cluster's pod network, so that pods on other nodes see a pod's own
+//! address). `auto-merge` lets a node subnet sit inside the cluster range in one set.
 //!
-//! A subnet stays in the set when its last pod goes, as the bridge and its gateway address stay:
+//! The rules do not depend on any one network. An ADD first only adds its subnets to the sets
+//! ([`elements_script`]): once the table exists that is all there is to do, and it costs a third
+//! of rewriting the base chain (each commit that touches a base chain waits for the kernel to
+//! swap its hooks, about 10 ms). When the sets are missing, the full [`ensure_script`] creates
+//! the table, sets and rules and adds the subnets. Both are idempotent and the same whoever runs
+//! them, so concurrent ADDs are safe (the kernel serialises nftables transactions).
+//!
+//! A subnet stays in the sets when its last pod goes, as the bridge and its gateway address stay:
 //! the rules are the network's, not a pod's.
 
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
+use crate::config::to_u128;
 use crate::protocol::{CniError, Code, Result};
 
 /// The table this plugin owns.
 pub const TABLE: &str = "netd-cni";
 
-/// The transaction that adds `subnets` to the sets; it fails when the sets do not exist.
-pub fn elements_script(subnets: &[IpNet]) -> String {
+fn family(net: &IpNet) -> &'static str {
+    if net.addr().is_ipv4() { "v4" } else { "v6" }
+}
+
+/// The transaction that adds `subnets` (the pods') and `direct` (destinations reached without
+/// masquerading) to the sets; it fails when the sets do not exist.
+pub fn elements_script(subnets: &[IpNet], direct: &[IpNet]) -> String {
     let mut script = String::new();
-    for subnet in subnets {
-        let set = if subnet.addr().is_ipv4() {
-            "masq_v4"
-        } else {
-            "masq_v6"
-        };
+    for net in outermost(subnets) {
+        let f = family(&net);
+        script.push_str(&format!("add element inet {TABLE} pods_{f} {{ {net} }}\n"));
+    }
+    let reached: Vec<IpNet> = subnets.iter().chain(direct).copied().collect();
+    for net in outermost(&reached) {
+        let f = family(&net);
         script.push_str(&format!(
-            "add element inet {TABLE} {set} {{ {} }}\n",
-            subnet.trunc()
+            "add element inet {TABLE} direct_{f} {{ {net} }}\n"
         ));
     }
     script
 }
 
-/// Makes sure `subnets` are masqueraded: the subnets alone when the table is in place, the
-/// whole table otherwise.
-pub fn ensure(subnets: &[IpNet]) -> Result<()> {
-    if apply(&elements_script(subnets)).is_ok() {
-        return Ok(());
+/// `nets` without host bits, without duplicates and without those inside another: nft merges
+/// overlapping elements with what a set holds, but refuses overlaps within one transaction.
+fn outermost(nets: &[IpNet]) -> Vec<IpNet> {
+    let nets: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
+    let mut kept: Vec<IpNet> = Vec::new();
+    for (i, net) in nets.iter().enumerate() {
+        let inside_another = nets
+            .iter()
+            .enumerate()
+            .any(|(j, other)| other.contains(net) && (other != net || j < i));
+        if !inside_another {
+            kept.push(*net);
+        }
     }
-    apply(&ensure_script(subnets))
+    kept
 }
 
-/// The transaction that creates the table, sets and rules and adds `subnets`.
-pub fn ensure_script(subnets: &[IpNet]) -> String {
-    let mut script = format!(
-        "add table inet {TABLE}\n\
-         add set inet {TABLE} masq_v4 {{ type ipv4_addr; flags interval; }}\n\
-         add set inet {TABLE} masq_v6 {{ type ipv6_addr; flags interval; }}\n\
-         add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+/// The transaction that creates the table, sets and rules and adds the elements.
+pub fn ensure_script(subnets: &[IpNet], direct: &[IpNet]) -> String {
+    let mut script = format!("add table inet {TABLE}\n");
+    for (f, kind) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+        for set in ["pods", "direct"] {
+            script.push_str(&format!(
+                "add set inet {TABLE} {set}_{f} {{ type {kind}; flags interval; auto-merge; }}\n"
+            ));
+        }
+    }
+    script.push_str(&format!(
+        "add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
          flush chain inet {TABLE} postrouting\n\
-         add rule inet {TABLE} postrouting ip saddr @masq_v4 ip daddr != @masq_v4 ip daddr != 224.0.0.0/4 masquerade\n\
-         add rule inet {TABLE} postrouting ip6 saddr @masq_v6 ip6 daddr != @masq_v6 ip6 daddr != ff00::/8 masquerade\n"
-    );
-    script.push_str(&elements_script(subnets));
+         add rule inet {TABLE} postrouting ip saddr @pods_v4 ip daddr != @direct_v4 ip daddr != 224.0.0.0/4 masquerade\n\
+         add rule inet {TABLE} postrouting ip6 saddr @pods_v6 ip6 daddr != @direct_v6 ip6 daddr != ff00::/8 masquerade\n"
+    ));
+    script.push_str(&elements_script(subnets, direct));
     script
+}
+
+/// Makes sure `subnets` are masqueraded except towards `direct`: the elements alone when the
+/// table is in place, the whole table otherwise.
+pub fn ensure(subnets: &[IpNet], direct: &[IpNet]) -> Result<()> {
+    if apply(&elements_script(subnets, direct)).is_ok() {
+        return Ok(());
+    }
+    apply(&ensure_script(subnets, direct))
 }
 
 /// Applies `script` with `nft -f -`, as one atomic transaction.
@@ -98,13 +131,48 @@ pub fn apply(script: &str) -> Result<()> {
     Ok(())
 }
 
+/// An element of an interval set: first and last address, and the family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub v4: bool,
+    pub first: u128,
+    pub last: u128,
+}
+
+impl Span {
+    fn of(net: &IpNet) -> Span {
+        Span {
+            v4: net.addr().is_ipv4(),
+            first: to_u128(net.network()),
+            last: to_u128(net.broadcast()),
+        }
+    }
+
+    fn covers(&self, net: &IpNet) -> bool {
+        let other = Span::of(net);
+        self.v4 == other.v4 && self.first <= other.first && other.last <= self.last
+    }
+}
+
 /// What the table holds now, for CHECK.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Current {
-    /// The subnets in the sets.
-    pub subnets: Vec<IpNet>,
+    /// The elements of `pods_v4` and `pods_v6`.
+    pub pods: Vec<Span>,
+    /// The elements of `direct_v4` and `direct_v6`.
+    pub direct: Vec<Span>,
     /// How many masquerade rules the postrouting chain has (two when intact).
     pub rules: usize,
+}
+
+impl Current {
+    pub fn masquerades(&self, net: &IpNet) -> bool {
+        self.pods.iter().any(|span| span.covers(net))
+    }
+
+    pub fn reaches_directly(&self, net: &IpNet) -> bool {
+        self.direct.iter().any(|span| span.covers(net))
+    }
 }
 
 /// The table's state now; `None` when the table is missing.
@@ -119,53 +187,71 @@ pub fn current() -> Result<Option<Current>> {
     }
     let listing: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|err| CniError::new(Code::System, format!("reading nft's JSON: {err}")))?;
-    let mut subnets = Vec::new();
-    let mut rules = 0;
-    let items = listing["nftables"].as_array().cloned().unwrap_or_default();
-    for item in items {
+    let mut current = Current::default();
+    for item in listing["nftables"].as_array().into_iter().flatten() {
         let rule = &item["rule"];
         if rule["chain"] == "postrouting"
             && rule["expr"]
                 .as_array()
                 .is_some_and(|e| e.iter().any(|x| x.get("masquerade").is_some()))
         {
-            rules += 1;
+            current.rules += 1;
         }
-        let Some(elements) = item["set"]["elem"].as_array() else {
-            continue;
+        let set = &item["set"];
+        let into = match set["name"].as_str() {
+            Some("pods_v4" | "pods_v6") => &mut current.pods,
+            Some("direct_v4" | "direct_v6") => &mut current.direct,
+            _ => continue,
         };
-        for element in elements {
-            let prefix = &element["prefix"];
-            let text = format!(
-                "{}/{}",
-                prefix["addr"].as_str().unwrap_or(""),
-                prefix["len"]
-            );
-            if let Ok(net) = text.parse::<IpNet>() {
-                subnets.push(net);
-            } else if let Some(single) = element
-                .as_str()
-                .and_then(|s| s.parse::<std::net::IpAddr>().ok())
-            {
-                subnets.push(IpNet::from(single));
-            }
-        }
+        into.extend(
+            set["elem"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(span),
+        );
     }
-    Ok(Some(Current { subnets, rules }))
+    Ok(Some(current))
+}
+
+/// One element as `nft -j` prints it: an address, `{"prefix": …}` or `{"range": [a, b]}`.
+fn span(element: &serde_json::Value) -> Option<Span> {
+    let address = |value: &serde_json::Value| value.as_str()?.parse::<IpAddr>().ok();
+    if let Some(ip) = address(element) {
+        return Some(Span::of(&IpNet::from(ip)));
+    }
+    let prefix = &element["prefix"];
+    if let (Some(ip), Some(len)) = (address(&prefix["addr"]), prefix["len"].as_u64()) {
+        return IpNet::new(ip, u8::try_from(len).ok()?)
+            .ok()
+            .map(|net| Span::of(&net));
+    }
+    let range = element["range"].as_array()?;
+    let (first, last) = (address(range.first()?)?, address(range.get(1)?)?);
+    Some(Span {
+        v4: first.is_ipv4(),
+        first: to_u128(first),
+        last: to_u128(last),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
-    fn the_script_is_idempotent_and_names_only_its_table() {
-        let script = ensure_script(&[
-            "10.22.0.5/16".parse().unwrap(),
+    fn the_scripts_are_idempotent_and_name_only_their_table() {
+        let pods = [
+            "10.22.0.5/24".parse().unwrap(),
             "fd00::7/64".parse().unwrap(),
-        ]);
-        assert!(script.contains("add element inet netd-cni masq_v4 { 10.22.0.0/16 }"));
-        assert!(script.contains("add element inet netd-cni masq_v6 { fd00::/64 }"));
+        ];
+        let cluster = ["10.22.0.0/16".parse().unwrap()];
+        let script = ensure_script(&pods, &cluster);
+        assert!(script.contains("add element inet netd-cni pods_v4 { 10.22.0.0/24 }"));
+        assert!(script.contains("add element inet netd-cni direct_v4 { 10.22.0.0/16 }"));
+        assert!(script.contains("add element inet netd-cni pods_v6 { fd00::/64 }"));
         for line in script.lines() {
             assert!(
                 line.contains(" inet netd-cni"),
@@ -176,5 +262,21 @@ mod tests {
                 "{line}"
             );
         }
+        assert!(
+            !script.contains("direct_v4 { 10.22.0.0/24 }"),
+            "inside 10.22.0.0/16:\n{script}"
+        );
+        assert!(ensure_script(&pods, &cluster).ends_with(&elements_script(&pods, &cluster)));
+    }
+
+    #[test]
+    fn elements_are_read_in_every_shape_nft_prints() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let prefix = span(&json!({"prefix": {"addr": "10.22.0.0", "len": 16}})).unwrap();
+        assert!(prefix.covers(&net("10.22.4.0/24")) && !prefix.covers(&net("10.23.0.0/24")));
+        let range = span(&json!({"range": ["10.0.0.0", "10.0.1.255"]})).unwrap();
+        assert!(range.covers(&net("10.0.1.0/24")) && !range.covers(&net("10.0.0.0/16")));
+        let single = span(&json!("fd00::1")).unwrap();
+        assert!(single.covers(&net("fd00::1/128")) && !single.covers(&net("10.0.0.1/32")));
     }
 }

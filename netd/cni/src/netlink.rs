@@ -11,8 +11,8 @@ use std::os::fd::RawFd;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -95,6 +95,7 @@ impl Netlink {
         self.socket.send(&bytes, 0)?;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut answers = Vec::new();
+        let mut interrupted = false;
         loop {
             let mut filled = &mut self.buffer[..];
             let size = self.socket.recv(&mut filled, 0)?;
@@ -113,12 +114,22 @@ impl Netlink {
                 if reply.header.sequence_number != self.sequence {
                     continue;
                 }
+                if reply.header.flags & NLM_F_DUMP_INTR == NLM_F_DUMP_INTR {
+                    interrupted = true;
+                }
                 match reply.payload {
                     NetlinkPayload::Error(error) => {
                         return match error.code {
                             None => Ok(answers),
                             Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
                         };
+                    }
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code));
+                    }
+                    // A dump that changed under it is inconsistent: the caller asks again.
+                    NetlinkPayload::Done(_) if interrupted => {
+                        return Err(io::Error::from(io::ErrorKind::Interrupted));
                     }
                     NetlinkPayload::Done(_) => return Ok(answers),
                     NetlinkPayload::InnerMessage(inner) => {
@@ -280,10 +291,7 @@ impl Netlink {
 
     /// The addresses of every link.
     pub fn addresses(&mut self) -> io::Result<Vec<Address>> {
-        let answers = self.request(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
+        let answers = self.dump(&RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
         Ok(answers
             .into_iter()
             .filter_map(|answer| match answer {
@@ -351,7 +359,7 @@ impl Netlink {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut message = RouteMessage::default();
             message.header.address_family = family;
-            let answers = self.request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+            let answers = self.dump(&RouteNetlinkMessage::GetRoute(message))?;
             for answer in answers {
                 let RouteNetlinkMessage::NewRoute(route) = answer else {
                     continue;
@@ -384,6 +392,17 @@ impl Netlink {
             }
         }
         Ok(routes)
+    }
+
+    /// A dump, asked again (a few times) when the kernel says it changed while being read.
+    fn dump(&mut self, message: &RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut tries = 0;
+        loop {
+            match self.request(message.clone(), NLM_F_DUMP) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted && tries < 5 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     fn create(&mut self, message: RouteNetlinkMessage) -> io::Result<()> {

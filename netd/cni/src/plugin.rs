@@ -178,10 +178,17 @@ impl Request<'_> {
                 format!("CNI_NETNS={path:?}: {err}"),
             )
         })?;
-        let inside = pod
-            .run(&home, Netlink::open)
-            .and_then(|socket| socket)
-            .map_err(|err| system(format_args!("netlink in {path}"), err))?;
+        let inside = match pod.run(&home, Netlink::open) {
+            Ok(socket) => socket.map_err(|err| system(format_args!("netlink in {path}"), err))?,
+            // A path that is no longer a namespace (unmounted and left as a plain file).
+            Err(err) if err.kind() == io::ErrorKind::InvalidInput => {
+                return Err(CniError::new(
+                    Code::InvalidEnvironment,
+                    format!("CNI_NETNS={path:?} is not a network namespace"),
+                ));
+            }
+            Err(err) => return Err(system(format_args!("entering {path}"), err)),
+        };
         Ok((pod, inside))
     }
 
@@ -312,7 +319,7 @@ impl Request<'_> {
         }
         if conf.ip_masq && !ips.is_empty() {
             let subnets: Vec<IpNet> = ips.iter().map(|ip| ip.address.trunc()).collect();
-            masq::ensure(&subnets)?;
+            masq::ensure(&subnets, &conf.non_masquerade_cidrs)?;
         }
         // The bridge's and the host end's addresses are read last: they settle once the port
         // is attached.
@@ -330,19 +337,20 @@ impl Request<'_> {
             name: bridge.name,
             mac: bridge.mac,
             mtu: bridge.mtu,
-            sandbox: String::new(),
+            ..Interface::default()
         });
         success.interfaces.push(Interface {
             name: host_end.name,
             mac: host_end.mac,
             mtu: host_end.mtu,
-            sandbox: String::new(),
+            ..Interface::default()
         });
         success.interfaces.push(Interface {
             name: pod_end.name,
             mac: pod_end.mac,
             mtu: pod_end.mtu,
             sandbox: self.invocation.netns.clone().unwrap_or_default(),
+            ..Interface::default()
         });
         success.ips.extend(ips.into_iter().map(|ip| IpConfig {
             interface: Some(base + 2),
@@ -375,7 +383,11 @@ impl Request<'_> {
                     && let Some(gw) = ip.gateway
                     && let Ok(dst) = IpNet::new(any, 0)
                 {
-                    routes.push(Route { dst, gw: Some(gw) });
+                    routes.push(Route {
+                        dst,
+                        gw: Some(gw),
+                        extra: Default::default(),
+                    });
                 }
             }
         }
@@ -446,9 +458,30 @@ impl Request<'_> {
         store.release(&self.invocation.container_id, &self.invocation.ifname)
     }
 
-    /// DEL: removes the interface (if its namespace still exists), then the addresses.
-    /// Everything already gone is success; DEL can be repeated.
+    /// DEL: removes the interface (if its namespace still exists) and the host end, and
+    /// releases the addresses. Everything already gone is success; DEL can be repeated. A step
+    /// that fails does not stop the others: the addresses are released whatever happened to the
+    /// interfaces, and the first error is reported.
     fn del(&self) -> Result<()> {
+        let mut first_error = self.del_interfaces().err();
+        let released = match &self.conf.ipam {
+            Ipam::None => Ok(()),
+            Ipam::Builtin(ipam) => self.release(ipam).map(|released| {
+                if !released.is_empty() {
+                    let list: Vec<String> = released.iter().map(ToString::to_string).collect();
+                    self.log
+                        .line(format_args!("DEL released {}", list.join(", ")));
+                }
+            }),
+            Ipam::Delegate(kind) => self.delegate(kind, Command::Del).map(drop),
+        };
+        if let Err(err) = released {
+            first_error.get_or_insert(err);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn del_interfaces(&self) -> Result<()> {
         let ifname = &self.invocation.ifname;
         if let Some(path) = self.invocation.netns.as_deref() {
             match self.pod() {
@@ -472,22 +505,7 @@ impl Request<'_> {
         }
         // The host end outlives the pod's namespace only if something else holds that open.
         let mut host = Netlink::open().map_err(net_error("opening netlink"))?;
-        delete_link_named(&mut host, &self.host_veth())?;
-        match &self.conf.ipam {
-            Ipam::None => {}
-            Ipam::Builtin(ipam) => {
-                let released = self.release(ipam)?;
-                if !released.is_empty() {
-                    let list: Vec<String> = released.iter().map(ToString::to_string).collect();
-                    self.log
-                        .line(format_args!("DEL released {}", list.join(", ")));
-                }
-            }
-            Ipam::Delegate(kind) => {
-                self.delegate(kind, Command::Del)?;
-            }
-        }
-        Ok(())
+        delete_link_named(&mut host, &self.host_veth())
     }
 
     /// CHECK: everything ADD made and `prevResult` lists is still there and as it was.
@@ -516,11 +534,12 @@ impl Request<'_> {
                 pod_end.mac, expected.mac
             )));
         }
-        if let Some(mtu) = conf.mtu
+        // The MTU prevResult gives, which a later plugin in the chain may have changed.
+        if let Some(mtu) = expected.mtu
             && pod_end.mtu != Some(mtu)
         {
             return Err(failed(format!(
-                "{ifname} has MTU {:?}, the configuration says {mtu}",
+                "{ifname} has MTU {:?}, prevResult says {mtu}",
                 pod_end.mtu
             )));
         }
@@ -547,13 +566,20 @@ impl Request<'_> {
             .routes()
             .map_err(net_error("listing the pod's routes"))?;
         let gateways: Vec<IpConfig> = ours.iter().map(|ip| (*ip).clone()).collect();
-        for route in &prev.routes {
+        // Only the routes this plugin made: a later plugin in the chain may have added others.
+        let made = match &conf.ipam {
+            Ipam::Builtin(ipam) => self.pod_routes(&gateways, ipam.routes.clone()),
+            Ipam::Delegate(_) => prev.routes.clone(),
+            Ipam::None => Vec::new(),
+        };
+        for route in made.iter().filter(|r| !r.extra.contains_key("table")) {
             let gw = route
                 .gw
                 .or_else(|| family_gateway(&gateways, route.dst.addr()));
+            let dst = route.dst.trunc();
             if !routes
                 .iter()
-                .any(|r| r.dst == route.dst && (gw.is_none() || r.gw == gw))
+                .any(|r| r.dst == dst && (gw.is_none() || r.gw == gw))
             {
                 return Err(failed(format!(
                     "route {} via {} is missing from {netns}",
@@ -618,7 +644,7 @@ impl Request<'_> {
                 self.delegate(kind, Command::Check)?;
             }
         }
-        if conf.ip_masq {
+        if conf.ip_masq && !ours.is_empty() {
             let table = masq::current()?.ok_or_else(|| {
                 failed(format!(
                     "table inet {}, which masquerades the pods, is missing",
@@ -633,9 +659,17 @@ impl Request<'_> {
             }
             for ip in &ours {
                 let subnet = ip.address.trunc();
-                if !table.subnets.contains(&subnet) {
+                if !table.masquerades(&subnet) || !table.reaches_directly(&subnet) {
                     return Err(failed(format!(
                         "masquerading of {subnet} is missing from table inet {}",
+                        masq::TABLE
+                    )));
+                }
+            }
+            for cidr in &conf.non_masquerade_cidrs {
+                if !table.reaches_directly(cidr) {
+                    return Err(failed(format!(
+                        "nonMasqueradeCIDRs {cidr} is missing from table inet {}",
                         masq::TABLE
                     )));
                 }
@@ -699,22 +733,32 @@ impl Request<'_> {
             Ipam::None => Ok(()),
             Ipam::Builtin(ipam) => {
                 let store = Store::open(&ipam.data_dir, &conf.name, ipam.lock_wait)?;
+                // Each stale record is removed on its own; one that cannot be does not keep the
+                // others (SPEC.md: GC removes as much as it can and reports the errors).
                 let mut released = Vec::new();
+                let mut errors = Vec::new();
                 for entry in store.entries()? {
                     let keep = valid.iter().any(|a| {
                         a.container_id == entry.container_id
                             && (a.ifname == entry.ifname || entry.ifname.is_empty())
                     });
-                    if !keep {
-                        released.extend(store.release(&entry.container_id, &entry.ifname)?);
+                    if keep {
+                        continue;
+                    }
+                    match store.remove(entry.ip) {
+                        Ok(()) => released.push(entry.ip.to_string()),
+                        Err(err) => errors.push(err.details),
                     }
                 }
                 if !released.is_empty() {
-                    let list: Vec<String> = released.iter().map(ToString::to_string).collect();
                     self.log
-                        .line(format_args!("GC released {}", list.join(", ")));
+                        .line(format_args!("GC released {}", released.join(", ")));
                 }
-                Ok(())
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CniError::new(Code::System, errors.join("; ")))
+                }
             }
             Ipam::Delegate(kind) => self.delegate(kind, Command::Gc).map(drop),
         }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// Every specification version the plugin answers, oldest first, as VERSION reports them.
 /// 0.1.0 and 0.2.0 had a different result type (`ip4`/`ip6`) and no chaining; configurations
@@ -364,6 +364,10 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
+    /// Fields this plugin does not set (`socketPath`, `pciID`), kept so that a `prevResult`
+    /// passes through whole.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One entry of `ips`.
@@ -375,6 +379,9 @@ pub struct IpConfig {
     pub gateway: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<usize>,
+    /// Fields this plugin does not know, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One entry of `routes`.
@@ -383,6 +390,10 @@ pub struct Route {
     pub dst: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
+    /// The 1.1.0 fields (`mtu`, `advmss`, `priority`, `table`, `scope`) of routes another
+    /// plugin made, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// `dns`, in configurations and results.
@@ -478,7 +489,11 @@ impl Success {
             #[serde(default)]
             dns: Option<Dns>,
         }
-        let raw = Raw::deserialize(value).map_err(|err| err.to_string())?;
+        let mut raw = Raw::deserialize(value).map_err(|err| err.to_string())?;
+        for ip in &mut raw.ips {
+            // 0.3.x and 0.4.0 results say each address's family; `render` writes it anew.
+            ip.extra.remove("version");
+        }
         Ok(Success {
             interfaces: raw.interfaces,
             ips: raw.ips,
@@ -571,15 +586,18 @@ mod tests {
                 mac: "0a:00:00:00:00:01".into(),
                 mtu: Some(1400),
                 sandbox: "/run/netns/p".into(),
+                extra: Map::new(),
             }],
             ips: vec![IpConfig {
                 address: "10.22.0.5/16".parse().unwrap(),
                 gateway: Some("10.22.0.1".parse().unwrap()),
                 interface: Some(0),
+                extra: Map::new(),
             }],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),
                 gw: None,
+                extra: [("table".to_string(), json!(100))].into_iter().collect(),
             }],
             dns: Dns::default(),
         };
@@ -595,5 +613,11 @@ mod tests {
             Success::parse(&new).map(|s| s.ips)
         );
         assert_eq!(Success::parse(&new).map(|s| s.ips), Ok(success.ips.clone()));
+        // What another plugin set passes through.
+        assert_eq!(new["routes"][0]["table"], 100);
+        assert_eq!(
+            Success::parse(&new).map(|s| s.routes),
+            Ok(success.routes.clone())
+        );
     }
 }

@@ -40,6 +40,7 @@ both!(
     version_lists_what_the_plugin_speaks,
     status_and_gc_are_answered_at_1_1_0,
     without_ipam_the_attachment_is_layer_2_only,
+    pods_on_other_nodes_see_the_pod_address_with_non_masquerade_cidrs,
 );
 
 fn v4(json: &Value) -> IpAddr {
@@ -261,6 +262,23 @@ fn del_succeeds_when_repeated_and_when_the_namespace_is_gone(flavor: Flavor) {
     }
     // And with no CNI_NETNS at all.
     assert!(node.del_pod("b", None).success);
+    // A namespace path the runtime unmounted and left behind as a plain file.
+    let (c, _) = node.add_pod("c");
+    let stale = node.data.path().join("stale-netns");
+    std::fs::write(&stale, "").expect("plain file");
+    drop(c);
+    let stale_del = node.run("DEL", "c", stale.to_str(), &node.conf);
+    match flavor {
+        Flavor::Ours => {
+            assert!(stale_del.success, "{stale_del:?}");
+            assert!(node.records().is_empty(), "{:?}", node.records());
+        }
+        // The reference fails DEL there and keeps the addresses.
+        Flavor::Reference => {
+            assert!(!stale_del.success, "{stale_del:?}");
+            assert_eq!(node.records().len(), 2);
+        }
+    }
 }
 
 fn an_exhausted_pool_fails_add_until_an_address_is_released(flavor: Flavor) {
@@ -478,7 +496,7 @@ fn environment_and_configuration_errors_carry_the_spec_codes(flavor: Flavor) {
         let dir = node.data.path().join("pods");
         std::fs::create_dir_all(&dir).expect("mkdir");
         let held = nix::fcntl::Flock::lock(
-            std::fs::File::open(&dir).expect("open"),
+            std::fs::File::create(dir.join("lock")).expect("open"),
             nix::fcntl::FlockArg::LockExclusive,
         )
         .expect("lock");
@@ -669,7 +687,7 @@ fn status_and_check_notice_the_node_losing_its_network() {
         "element",
         "inet",
         "netd-cni",
-        "masq_v4",
+        "pods_v4",
         "{ 10.22.0.0/24 }",
     ]);
     assert_eq!(check().code(), 101);
@@ -740,6 +758,55 @@ fn the_example_conflist_attaches_a_pod() {
     assert_eq!(Answer::addresses(&result).len(), 2, "{result}");
     let check = node.run("CHECK", "a", Some(&pod.path()), &node.with_prev(&result));
     assert!(check.success, "{check:?}");
+    let outside: IpAddr = support::OUTSIDE_V4.parse().expect("address");
+    let listener = Listener::start(&node.outside, outside);
+    assert!(connect(&pod, outside, listener.port).is_ok());
+    assert_eq!(listener.peer().to_string(), support::NODE_V4);
+}
+
+fn pods_on_other_nodes_see_the_pod_address_with_non_masquerade_cidrs(flavor: Flavor) {
+    let mut node = Node::new(flavor);
+    // The outside host plays another node whose pods are 10.22.1.0/24 (in the cluster's
+    // 10.22.0.0/16); the two nodes route each other's pod subnets.
+    node.conf["nonMasqueradeCIDRs"] = json!(["10.22.0.0/16"]);
+    node.outside
+        .sh(&["ip", "addr", "add", "10.22.1.2/32", "dev", "lo"]);
+    node.outside.sh(&[
+        "ip",
+        "route",
+        "add",
+        "10.22.0.0/24",
+        "via",
+        support::NODE_V4,
+    ]);
+    node.ns.sh(&[
+        "ip",
+        "route",
+        "add",
+        "10.22.1.0/24",
+        "via",
+        support::OUTSIDE_V4,
+    ]);
+    let (pod, result) = node.add_pod("a");
+    let other_pod: IpAddr = "10.22.1.2".parse().expect("address");
+    let listener = Listener::start(&node.outside, other_pod);
+    assert!(connect(&pod, other_pod, listener.port).is_ok());
+    let seen = listener.peer();
+    match flavor {
+        Flavor::Ours => assert_eq!(seen, v4(&result), "no NAT between pods of different nodes"),
+        // The reference has no such option: it masquerades everything outside the node's subnet.
+        Flavor::Reference => assert_eq!(seen.to_string(), support::NODE_V4),
+    }
+    // A second pod takes the quick path (elements only) into the table the first one made.
+    let (b, b_result) = node.add_pod("b");
+    let listener = Listener::start(&node.outside, other_pod);
+    assert!(connect(&b, other_pod, listener.port).is_ok());
+    if flavor == Flavor::Ours {
+        assert_eq!(listener.peer(), v4(&b_result));
+        let check = node.run("CHECK", "b", Some(&b.path()), &node.with_prev(&b_result));
+        assert!(check.success, "{check:?}");
+    }
+    // Anything else outside is still masqueraded.
     let outside: IpAddr = support::OUTSIDE_V4.parse().expect("address");
     let listener = Listener::start(&node.outside, outside);
     assert!(connect(&pod, outside, listener.port).is_ok());
