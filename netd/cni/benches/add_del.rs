@@ -58,6 +58,8 @@ fn main() {
 fn run(flavor: Flavor, masq: bool, pods: usize) -> (Vec<Duration>, Vec<Duration>) {
     let mut node = Node::new(flavor);
     node.conf["ipMasq"] = Value::Bool(masq);
+    // The cluster's pod network, as a real configuration has it (the reference ignores it).
+    node.conf["nonMasqueradeCIDRs"] = serde_json::json!(["10.0.0.0/8"]);
     node.conf["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.22.0.0/16"}]]);
     let namespaces: Vec<Ns> = (0..pods).map(|i| Ns::new(&format!("b{i}"))).collect();
     let binary = flavor.binary();

@@ -19,12 +19,13 @@
 //! `nonMasqueradeCIDRs` (the cluster's pod network, so that pods on other nodes see a pod's own
 //! address). `auto-merge` lets a node subnet sit inside the cluster range in one set.
 //!
-//! The rules do not depend on any one network. An ADD first only adds its subnets to the sets
-//! ([`elements_script`]): once the table exists that is all there is to do, and it costs a third
-//! of rewriting the base chain (each commit that touches a base chain waits for the kernel to
-//! swap its hooks, about 10 ms). When the sets are missing, the full [`ensure_script`] creates
-//! the table, sets and rules and adds the subnets. Both are idempotent and the same whoever runs
-//! them, so concurrent ADDs are safe (the kernel serialises nftables transactions).
+//! The rules do not depend on any one network. An ADD first reads the table ([`current`]): once a
+//! network's first pod has been added, everything is there and nothing is written (a commit
+//! costs: re-declaring the base chain waits for the kernel to swap its hooks, and adding to an
+//! auto-merged set re-merges it, about 10 ms each). Missing elements are added with
+//! [`elements_script`]; missing sets or rules are rebuilt with [`ensure_script`]. Both are
+//! idempotent and the same whoever runs them, so concurrent ADDs are safe (the kernel
+//! serialises nftables transactions).
 //!
 //! A subnet stays in the sets when its last pod goes, as the bridge and its gateway address stay:
 //! the rules are the network's, not a pod's.
@@ -99,13 +100,23 @@ pub fn ensure_script(subnets: &[IpNet], direct: &[IpNet]) -> String {
     script
 }
 
-/// Makes sure `subnets` are masqueraded except towards `direct`: the elements alone when the
-/// table is in place, the whole table otherwise.
+/// Makes sure `subnets` are masqueraded except towards `direct`. In the common case the table
+/// already holds all of it and nothing is written: reading it is one `nft` run, where any commit
+/// to an auto-merged interval set costs three (the kernel re-merges the set). Missing elements
+/// are added; missing sets or rules rebuild the table.
 pub fn ensure(subnets: &[IpNet], direct: &[IpNet]) -> Result<()> {
-    if apply(&elements_script(subnets, direct)).is_ok() {
-        return Ok(());
+    match current()? {
+        Some(table) if table.rules >= 2 => {
+            if table.holds(subnets, direct) {
+                return Ok(());
+            }
+            if apply(&elements_script(subnets, direct)).is_ok() {
+                return Ok(());
+            }
+            apply(&ensure_script(subnets, direct))
+        }
+        _ => apply(&ensure_script(subnets, direct)),
     }
-    apply(&ensure_script(subnets, direct))
 }
 
 /// Applies `script` with `nft -f -`, as one atomic transaction.
@@ -172,6 +183,14 @@ impl Current {
 
     pub fn reaches_directly(&self, net: &IpNet) -> bool {
         self.direct.iter().any(|span| span.covers(net))
+    }
+
+    /// Whether `subnets` are masqueraded and reached directly, and `direct` reached directly.
+    pub fn holds(&self, subnets: &[IpNet], direct: &[IpNet]) -> bool {
+        subnets
+            .iter()
+            .all(|net| self.masquerades(net) && self.reaches_directly(net))
+            && direct.iter().all(|net| self.reaches_directly(net))
     }
 }
 
