@@ -127,6 +127,8 @@ fn default_bridge() -> String {
     "cni0".to_string()
 }
 
+/// The built-in `ipam` section. Its single-range shorthand repeats [`RawRange`]'s fields: serde's
+/// `flatten` cannot be combined with `deny_unknown_fields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawIpam {

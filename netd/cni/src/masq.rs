@@ -200,7 +200,12 @@ pub fn current() -> Result<Option<Current>> {
         .args(["-j", "list", "table", "inet", TABLE])
         .stdin(Stdio::null())
         .output()
-        .map_err(|err| CniError::new(Code::System, format!("running nft: {err}")))?;
+        .map_err(|err| {
+            CniError::new(
+                Code::System,
+                format!("running nft (is nftables installed?): {err}"),
+            )
+        })?;
     if !output.status.success() {
         return Ok(None);
     }
