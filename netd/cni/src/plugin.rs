@@ -254,6 +254,18 @@ impl Request<'_> {
                 (success.ips, success.routes, success.dns)
             }
         };
+        // As the reference plugin does: with isGateway, an address whose IPAM gave no gateway
+        // gets its subnet's first address.
+        let ips: Vec<IpConfig> = ips
+            .into_iter()
+            .map(|mut ip| {
+                if conf.is_gateway && ip.gateway.is_none() {
+                    let first = config::to_u128(ip.address.network()) + 1;
+                    ip.gateway = Some(config::from_u128(first, ip.address.addr()));
+                }
+                ip
+            })
+            .collect();
         let bridge = self.ensure_bridge(host)?;
         let veth = self.host_veth();
         host.add_veth(&veth, ifname, pod.file().as_raw_fd(), conf.mtu)

@@ -633,7 +633,27 @@ fn a_delegated_ipam_plugin_allocates_and_releases() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
+    // A delegate that gives an address without a gateway: with isGateway the subnet's first
+    // address is the gateway, as the reference plugin does.
+    let no_gateway = bin.join("no-gateway");
+    std::fs::write(
+        &no_gateway,
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] || exit 0\n\
+         echo '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.22.0.50/24\"}]}'\n",
+    )
+    .expect("write script");
+    std::fs::set_permissions(
+        &no_gateway,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     node.extra_path = Some(bin);
+    node.conf["ipam"] = json!({"type": "no-gateway"});
+    let result = node.run("ADD", "c", Some(&pod.path()), &node.conf).ok();
+    assert_eq!(result["ips"][0]["gateway"], "10.22.0.1", "{result}");
+    let defaults = pod.sh(&["ip", "route", "show", "default"]);
+    assert_eq!(defaults.trim(), "default via 10.22.0.1 dev eth0");
+    assert!(node.del_pod("c", Some(&pod)).success);
     node.conf["ipam"] = json!({"type": "recorder"});
     let busy = node.run("ADD", "b", Some(&pod.path()), &node.conf);
     assert_eq!(
