@@ -1,0 +1,286 @@
+//! cdig against the real dig: both ask the same server the same question with the same
+//! arguments, and their outputs must be the same line for line once the fields that differ on
+//! every run (id, query time, date, the program's name and version) are masked.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+
+use integration::{fixture_cluster, have_tool, start_server};
+
+/// Masks what differs between runs.
+fn mask(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            if line.starts_with(";; WHEN: ") {
+                ";; WHEN: <masked>".to_string()
+            } else if line.starts_with(";; Query time: ") {
+                ";; Query time: <masked>".to_string()
+            } else if line.starts_with("; <<>> ") {
+                let args = line.splitn(3, "<<>>").nth(2).unwrap_or_default();
+                format!("; <<>> <program> <<>>{args}")
+            } else if let Some((head, _)) = line.split_once(", id: ") {
+                format!("{head}, id: <masked>")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Run {
+    stdout: String,
+    code: i32,
+}
+
+fn run(program: &str, server: SocketAddr, args: &[&str]) -> Run {
+    let output = Command::new(program)
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=5", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("runs");
+    Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        code: output.status.code().unwrap_or(-1),
+    }
+}
+
+/// Runs dig and cdig with `args` and requires the same masked output and exit code.
+fn same(server: SocketAddr, args: &[&str]) {
+    let dig = run("dig", server, args);
+    let cdig = run(env!("CARGO_BIN_EXE_cdig"), server, args);
+    let (expected, got) = (mask(&dig.stdout), mask(&cdig.stdout));
+    for (i, (e, g)) in expected.lines().zip(got.lines()).enumerate() {
+        assert_eq!(
+            g,
+            e,
+            "line {} differs for {args:?}\n--- dig\n{expected}\n--- cdig\n{got}",
+            i + 1
+        );
+    }
+    assert_eq!(
+        got.lines().count(),
+        expected.lines().count(),
+        "{args:?}\n--- dig\n{expected}\n--- cdig\n{got}"
+    );
+    assert_eq!(cdig.code, dig.code, "exit code for {args:?}");
+    assert!(
+        !expected.is_empty() || args.contains(&"+short"),
+        "dig printed nothing for {args:?}"
+    );
+}
+
+#[test]
+fn cdig_prints_what_dig_prints_for_the_cluster_server() {
+    if !have_tool("dig") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(start_server(&fixture_cluster(), |_| {}));
+    let addr = server.server.local_addrs()[0];
+    let cases: &[&[&str]] = &[
+        &["web.alpha.svc.cluster.local"],
+        &["dual.alpha.svc.cluster.local", "AAAA"],
+        &["AAAA", "dual.alpha.svc.cluster.local"],
+        &["-t", "SRV", "_http._tcp.hl.alpha.svc.cluster.local"],
+        &["-x", "10.96.1.1"],
+        &["nope.alpha.svc.cluster.local"],
+        &["alpha.svc.cluster.local"],
+        &["web.alpha.svc.cluster.local", "+short"],
+        &["web.alpha.svc.cluster.local", "+tcp"],
+        &["web.alpha.svc.cluster.local", "+vc", "+norecurse"],
+        &["web.alpha.svc.cluster.local", "+noall", "+answer"],
+        &[
+            "web.alpha.svc.cluster.local",
+            "+nocmd",
+            "+nostats",
+            "+noquestion",
+        ],
+        &["web.alpha.svc.cluster.local", "+nocomments"],
+        &["web.alpha.svc.cluster.local", "+noedns"],
+        &["web.alpha.svc.cluster.local", "+dnssec", "+bufsize=4096"],
+        &["cluster.local", "SOA", "+nottlid"],
+        &["cluster.local", "SOA", "+noclass"],
+        &["cluster.local", "SOA", "+nottlid", "+noclass"],
+        &["cluster.local", "NS", "+noadditional"],
+        &[
+            "web.alpha.svc.cluster.local",
+            "hl.alpha.svc.cluster.local",
+            "+nostats",
+        ],
+        &[
+            "+noall",
+            "+answer",
+            "web.alpha.svc.cluster.local",
+            "cluster.local",
+            "SOA",
+        ],
+        &["dns-version.cluster.local", "TXT"],
+        &["version.bind", "TXT", "CH"],
+        &[],
+    ];
+    for args in cases {
+        same(addr, args);
+    }
+    // Batch files: a lookup per line, with the command line's options.
+    let dir = tempfile_dir();
+    let batch = dir.join("batch.txt");
+    std::fs::write(
+        &batch,
+        "web.alpha.svc.cluster.local\n\ncluster.local SOA +nottlid\n-x 10.96.1.1 +short\n",
+    )
+    .expect("batch file");
+    same(
+        addr,
+        &["-f", batch.to_str().expect("utf-8"), "+noall", "+answer"],
+    );
+    same(addr, &["-f", batch.to_str().expect("utf-8")]);
+    runtime.block_on(server.shutdown());
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cdig-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A server that answers every UDP query with TC set and no records, and over TCP with an A
+/// record: both programs must say they retry over TCP and print the TCP answer.
+#[test]
+fn a_truncated_answer_is_asked_again_over_tcp() {
+    if !have_tool("dig") {
+        return;
+    }
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let port = udp.local_addr().expect("addr").port();
+    let tcp = TcpListener::bind(("127.0.0.1", port)).expect("tcp on the same port");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((size, peer)) = udp.recv_from(&mut buffer) {
+            let query = &buffer[..size];
+            let question_end = question_end(query);
+            let mut reply = query[..question_end].to_vec();
+            reply[2] = 0x80 | 0x04 | 0x02 | (query[2] & 0x01); // QR AA TC, RD copied
+            reply[3] = 0x00;
+            reply[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+            let _ = udp.send_to(&reply, peer);
+        }
+    });
+    std::thread::spawn(move || {
+        for stream in tcp.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut length = [0u8; 2];
+            if stream.read_exact(&mut length).is_err() {
+                continue;
+            }
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+            if stream.read_exact(&mut query).is_err() {
+                continue;
+            }
+            let question_end = question_end(&query);
+            let mut reply = query[..question_end].to_vec();
+            reply[2] = 0x80 | 0x04 | (query[2] & 0x01);
+            reply[3] = 0x00;
+            reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
+            // The answer: a pointer to the question name, A IN, TTL 30, 192.0.2.7.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 7]);
+            let mut framed = u16::try_from(reply.len())
+                .expect("short")
+                .to_be_bytes()
+                .to_vec();
+            framed.extend_from_slice(&reply);
+            let _ = stream.write_all(&framed);
+        }
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    same(addr, &["big.example", "+noedns"]);
+    let cdig = run(
+        env!("CARGO_BIN_EXE_cdig"),
+        addr,
+        &["big.example", "+noedns"],
+    );
+    assert!(
+        cdig.stdout.contains(";; Truncated, retrying in TCP mode."),
+        "{}",
+        cdig.stdout
+    );
+    assert!(cdig.stdout.contains("(TCP)"), "{}", cdig.stdout);
+}
+
+/// The end of the question section of a query with one question.
+fn question_end(query: &[u8]) -> usize {
+    let mut at = 12;
+    while at < query.len() && query[at] != 0 {
+        at += usize::from(query[at]) + 1;
+    }
+    at + 5
+}
+
+#[test]
+fn no_server_and_no_batch_file_exit_as_dig_does() {
+    if !have_tool("dig") {
+        return;
+    }
+    // A port nobody listens on: both print the same and exit 9.
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let addr = socket.local_addr().expect("addr");
+    drop(socket);
+    same(addr, &["x.example", "+timeout=1"]);
+    let missing = Command::new(env!("CARGO_BIN_EXE_cdig"))
+        .args(["-f", "/nonexistent/batch"])
+        .output()
+        .expect("runs");
+    assert_eq!(missing.status.code(), Some(8));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("couldn't open specified batch file"),
+        "{stderr}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_cdig"))
+        .args(["x", "+frobnicate"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).starts_with("Invalid option: +frobnicate\nUsage:")
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_run_quietly() {
+    if !have_tool("dig") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(start_server(&fixture_cluster(), |_| {}));
+    let addr = server.server.local_addrs()[0];
+    let dir = tempfile_dir();
+    let batch = dir.join("many.txt");
+    std::fs::write(&batch, "web.alpha.svc.cluster.local\n".repeat(300)).expect("batch");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdig"))
+        .args([
+            &format!("@{}", addr.ip()),
+            "-p",
+            &addr.port().to_string(),
+            "-f",
+            batch.to_str().expect("utf-8"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("one byte");
+    // Our end of the pipe is closed now, as `| head -c1` would.
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    runtime.block_on(server.shutdown());
+}
