@@ -45,6 +45,8 @@ pub struct Options {
     pub timeout: u64,
     pub tries: u32,
     pub search: bool,
+    /// `+domain=NAME`: the search list is this one name (and searching is on).
+    pub domain: Option<String>,
     pub ndots: Option<u32>,
     pub yaml: bool,
     pub json: bool,
@@ -77,6 +79,7 @@ impl Default for Options {
             timeout: 5,
             tries: 3,
             search: false,
+            domain: None,
             ndots: None,
             yaml: false,
             json: false,
@@ -112,6 +115,23 @@ pub struct Invocation {
     pub global: Options,
     pub help: bool,
     pub version: bool,
+    /// `--explain`: show how a pod resolves each name instead of one lookup.
+    pub explain: bool,
+    /// `--namespace NS`: the pod's namespace, to build its search list.
+    pub namespace: Option<String>,
+    /// `--cluster-domain DOMAIN` (default `cluster.local`).
+    pub cluster_domain: String,
+    /// `--color never|always|auto`.
+    pub color: Color,
+}
+
+/// When to colour the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Color {
+    Never,
+    Always,
+    /// When stdout is a terminal, `TERM` is not `dumb` and `NO_COLOR` is not set.
+    Auto,
 }
 
 /// A usage error: dig prints the message, then its usage, and exits 1.
@@ -137,6 +157,7 @@ const PLUS: &[(&str, bool)] = &[
     ("comments", false),
     ("cookie", false),
     ("dnssec", false),
+    ("domain", true),
     ("edns", true),
     ("identify", false),
     ("json", false),
@@ -219,8 +240,19 @@ pub fn apply_plus(options: &mut Options, word: &str) -> Result<(), UsageError> {
             );
         }
         "edns" => options.edns = on.then_some(0),
+        "domain" if on => {
+            let domain = value.ok_or_else(|| UsageError("domain: missing value".into()))?;
+            options.domain = Some(domain.to_string());
+            options.search = true;
+        }
+        "domain" => return Err(UsageError(format!("Invalid option: +{word}"))),
         "identify" => options.identify = on,
-        "json" => options.json = on,
+        "json" => {
+            options.json = on;
+            if on {
+                options.cmd = false;
+            }
+        }
         "ndots" if on => {
             let n = number("ndots")?;
             options.ndots = Some(u32::try_from(n).unwrap_or(u32::MAX));
@@ -254,7 +286,13 @@ pub fn apply_plus(options: &mut Options, word: &str) -> Result<(), UsageError> {
         "time" | "timeout" if on => options.timeout = number("timeout")?.max(1),
         "time" | "timeout" => return Err(UsageError(format!("Invalid option: +{word}"))),
         "ttlid" => options.ttlid = on,
-        "yaml" => options.yaml = on,
+        "yaml" => {
+            options.yaml = on;
+            // dig's YAML has no banner.
+            if on {
+                options.cmd = false;
+            }
+        }
         _ => return Err(UsageError(format!("Invalid option: +{word}"))),
     }
     if value.is_some() && !takes_value {
@@ -318,6 +356,10 @@ struct Builder {
     batch: Option<PathBuf>,
     help: bool,
     version: bool,
+    explain: bool,
+    namespace: Option<String>,
+    cluster_domain: String,
+    color: Color,
 }
 
 impl Builder {
@@ -371,6 +413,10 @@ pub fn parse_from(args: &[String], global: Options) -> Result<Invocation, UsageE
         batch: None,
         help: false,
         version: false,
+        explain: false,
+        namespace: None,
+        cluster_domain: "cluster.local".to_string(),
+        color: Color::Auto,
     };
     let mut words = args.iter().peekable();
     while let Some(word) = words.next() {
@@ -384,10 +430,63 @@ pub fn parse_from(args: &[String], global: Options) -> Result<Invocation, UsageE
                 UsageError(format!("option requires an argument -- '{}'", &flag[1..]))
             })
         };
-        if let Some(server) = word.strip_prefix('@') {
+        if let Some(long) = word.strip_prefix("--") {
+            // cdig's own options, which dig does not have: `--name value` or `--name=value`.
+            let (name, attached) = match long.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (long, None),
+            };
+            let mut value = || -> Result<String, UsageError> {
+                match &attached {
+                    Some(value) => Ok(value.clone()),
+                    None => words.next().cloned().ok_or_else(|| {
+                        UsageError(format!("option requires an argument -- '{name}'"))
+                    }),
+                }
+            };
+            match name {
+                "explain" if attached.is_none() => b.explain = true,
+                "namespace" => b.namespace = Some(value()?),
+                "cluster-domain" => {
+                    b.cluster_domain = value()?.trim_end_matches('.').to_string();
+                }
+                "color" | "colour" => {
+                    b.color = match value()?.as_str() {
+                        "never" => Color::Never,
+                        "always" => Color::Always,
+                        "auto" => Color::Auto,
+                        other => {
+                            return Err(UsageError(format!(
+                                "--color: {other:?} is not one of never, always, auto"
+                            )));
+                        }
+                    }
+                }
+                "help" => b.help = true,
+                "version" => b.version = true,
+                _ => return Err(UsageError(format!("Invalid option: {word}"))),
+            }
+        } else if let Some(server) = word.strip_prefix('@') {
             b.options().server = Some(server.to_string());
         } else if let Some(plus) = word.strip_prefix('+') {
             apply_plus(b.options(), plus)?;
+            // dig keeps +short, +yaml and +cmd (also as part of +all) for the whole run, wherever
+            // they appear.
+            let (name, negated) = lookup_plus(plus)?;
+            if matches!(name, "short" | "yaml" | "json" | "cmd" | "all") {
+                let cmd = b.options().cmd;
+                for options in std::iter::once(&mut b.global)
+                    .chain(b.lookups.iter_mut().map(|l| &mut l.options))
+                {
+                    if name == "all" {
+                        options.cmd = !negated;
+                    } else if name == "cmd" {
+                        options.cmd = cmd;
+                    } else {
+                        apply_plus(options, plus)?;
+                    }
+                }
+            }
         } else if word.starts_with('-') && word.len() > 1 {
             match &word[..2] {
                 "-p" => {
@@ -487,6 +586,10 @@ pub fn parse_from(args: &[String], global: Options) -> Result<Invocation, UsageE
         global: b.global,
         help: b.help,
         version: b.version,
+        explain: b.explain,
+        namespace: b.namespace,
+        cluster_domain: b.cluster_domain,
+        color: b.color,
     })
 }
 
@@ -549,15 +652,20 @@ mod tests {
 
     #[test]
     fn options_before_the_first_name_are_global_and_after_one_are_its_own() {
-        let invocation = parse_str("+tcp a.example +short b.example AAAA +nocmd").unwrap();
+        let invocation =
+            parse_str("+tcp a.example +nostats b.example AAAA +norecurse +short").unwrap();
         let [a, b] = &invocation.lookups[..] else {
             panic!("two lookups")
         };
         assert!(a.options.tcp && b.options.tcp);
-        assert!(a.options.short && !b.options.short);
-        assert!(!b.options.cmd && !a.options.cmd, "+short turns cmd off");
+        assert!(!a.options.stats && a.options.recurse);
+        assert!(!b.options.recurse);
         assert_eq!(b.qtype, RecordType::AAAA);
-        assert!(!invocation.global.short);
+        // +short, +yaml and +cmd are for the whole run, wherever they are.
+        assert!(a.options.short && b.options.short && invocation.global.short);
+        assert!(!a.options.cmd);
+        let late = parse_str("a.example b.example +nocmd").unwrap();
+        assert!(!late.lookups[0].options.cmd);
     }
 
     #[test]
@@ -625,5 +733,20 @@ mod tests {
             "mx",
             "-q names a name even if it looks like a type"
         );
+    }
+
+    #[test]
+    fn cdigs_own_long_options_parse_with_or_without_equals() {
+        let invocation =
+            parse_str("--explain web --namespace shop --cluster-domain=corp.local. --color always")
+                .unwrap();
+        assert!(invocation.explain);
+        assert_eq!(invocation.namespace.as_deref(), Some("shop"));
+        assert_eq!(invocation.cluster_domain, "corp.local");
+        assert_eq!(invocation.color, Color::Always);
+        assert_eq!(invocation.lookups[0].name, "web");
+        assert!(parse_str("x --color sometimes").is_err());
+        assert!(parse_str("x --frobnicate").is_err());
+        assert!(parse_str("x --namespace").is_err());
     }
 }

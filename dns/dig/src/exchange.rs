@@ -14,6 +14,8 @@ use crate::args::{Family, Lookup, Options};
 pub struct Query {
     pub id: u16,
     pub bytes: Vec<u8>,
+    /// The client cookie sent, to judge the one that comes back.
+    pub cookie: Option<[u8; 8]>,
 }
 
 /// Builds the query dig sends: RD unless `+norecurse`, AD set (dig's default `+adflag`), and an
@@ -21,6 +23,7 @@ pub struct Query {
 pub fn build(lookup: &Lookup) -> Result<Query, String> {
     let options = &lookup.options;
     let id = fastrand::u16(..);
+    let mut cookie = None;
     let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(&id.to_be_bytes());
     let mut flags: u16 = 0x0020; // AD
@@ -45,15 +48,17 @@ pub fn build(lookup: &Lookup) -> Result<Query, String> {
         bytes.extend_from_slice(&do_bit.to_be_bytes());
         let mut rdata = Vec::new();
         if options.cookie {
+            let client = fastrand::u64(..).to_be_bytes();
             rdata.extend_from_slice(&10u16.to_be_bytes());
             rdata.extend_from_slice(&8u16.to_be_bytes());
-            rdata.extend_from_slice(&fastrand::u64(..).to_be_bytes());
+            rdata.extend_from_slice(&client);
+            cookie = Some(client);
         }
         let length = u16::try_from(rdata.len()).map_err(|_| "OPT too long".to_string())?;
         bytes.extend_from_slice(&length.to_be_bytes());
         bytes.extend_from_slice(&rdata);
     }
-    Ok(Query { id, bytes })
+    Ok(Query { id, bytes, cookie })
 }
 
 /// A name in wire form; `\.` and `\DDD` escapes as in master files.
@@ -121,6 +126,8 @@ pub enum Transport {
 #[derive(Debug)]
 pub struct Reply {
     pub bytes: Vec<u8>,
+    /// The client cookie the query carried.
+    pub sent_cookie: Option<[u8; 8]>,
     pub server: SocketAddr,
     pub transport: Transport,
     pub elapsed: Duration,
@@ -223,6 +230,7 @@ fn udp(
             buffer.truncate(size);
             return Ok(Reply {
                 bytes: buffer,
+                sent_cookie: query.cookie,
                 server,
                 transport: Transport::Udp,
                 elapsed: started.elapsed(),
@@ -247,6 +255,7 @@ fn tcp(query: &Query, server: SocketAddr, timeout: Duration) -> io::Result<Reply
     stream.read_exact(&mut bytes)?;
     Ok(Reply {
         bytes,
+        sent_cookie: query.cookie,
         server,
         transport: Transport::Tcp,
         elapsed: started.elapsed(),

@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod exchange;
+pub mod explain;
 pub mod print;
 
 use std::io::Write;
@@ -28,9 +29,10 @@ pub mod exit {
     pub const INTERNAL: i32 = 10;
 }
 
-/// Runs cdig with `args` (without the program name). Returns the exit code; an error writing
-/// to `out` (a closed pipe) ends the run quietly.
-pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+/// Runs cdig with `args` (without the program name); `terminal` says whether `out` is one (for
+/// `--color auto`). Returns the exit code; an error writing to `out` (a closed pipe) ends the
+/// run quietly.
+pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write, terminal: bool) -> i32 {
     let invocation = match args::parse(args) {
         Ok(invocation) => invocation,
         Err(usage) => {
@@ -51,6 +53,37 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Err(code) => return code,
     };
     let resolv = ResolvConf::load();
+    let color = match invocation.color {
+        args::Color::Always => true,
+        args::Color::Never => false,
+        args::Color::Auto => {
+            terminal
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::env::var("TERM").is_ok_and(|t| t != "dumb")
+        }
+    };
+    if invocation.explain {
+        let mut code = exit::OK;
+        for (lookup, _) in &lookups {
+            let servers = match servers_for(&lookup.options, &resolv, err) {
+                Ok((servers, _)) => servers,
+                Err(failure) => return failure,
+            };
+            let mut text = String::new();
+            let result = explain::explain(&invocation, lookup, &resolv, &servers, color, &mut text);
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return code;
+            }
+            if result != exit::OK {
+                code = result;
+            }
+        }
+        return code;
+    }
     let mut code = exit::OK;
     let mut first_banner = true;
     for (lookup, banner) in &lookups {
@@ -60,6 +93,9 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             (args, full)
         });
         let result = one(lookup, &resolv, banner, &mut text, err);
+        if color {
+            text = print::colorize(&text);
+        }
         if out
             .write_all(text.as_bytes())
             .and_then(|()| out.flush())
@@ -112,6 +148,66 @@ fn with_batch(
     Ok(lookups)
 }
 
+/// The names `+search` tries for a lookup, in order: a name with fewer dots than ndots goes
+/// through the search list first and is tried as it is last; one with enough dots the other way
+/// round; an absolute name (ending in a dot) only as it is.
+pub fn search_names(lookup: &Lookup, resolv: &ResolvConf) -> Vec<String> {
+    let name = &lookup.name;
+    let options = &lookup.options;
+    if !options.search || name.ends_with('.') {
+        return vec![name.clone()];
+    }
+    let search: Vec<String> = match &options.domain {
+        Some(domain) => vec![domain.clone()],
+        None => resolv.search.clone(),
+    };
+    if search.is_empty() {
+        return vec![name.clone()];
+    }
+    let ndots = options.ndots.unwrap_or(resolv.ndots);
+    let dots = u32::try_from(name.matches('.').count()).unwrap_or(u32::MAX);
+    let searched = search
+        .iter()
+        .map(|domain| format!("{name}.{}", domain.trim_end_matches('.')));
+    if dots >= ndots {
+        std::iter::once(name.clone()).chain(searched).collect()
+    } else {
+        searched.chain(std::iter::once(name.clone())).collect()
+    }
+}
+
+/// The addresses to ask, and the server as the statistics show it: `@server` (resolved,
+/// filtered by `-4`/`-6`), or the nameservers of `/etc/resolv.conf` (127.0.0.1 without any).
+fn servers_for(
+    options: &args::Options,
+    resolv: &ResolvConf,
+    err: &mut dyn Write,
+) -> Result<(Vec<std::net::SocketAddr>, String), i32> {
+    match &options.server {
+        Some(server) => {
+            let found =
+                exchange::resolve_server(server, options.port, options.family).map_err(|e| {
+                    let _ = writeln!(err, "cdig: {e}");
+                    exit::USAGE
+                })?;
+            Ok((found, server.clone()))
+        }
+        None => {
+            let ips: Vec<IpAddr> = if resolv.nameservers.is_empty() {
+                vec![Ipv4Addr::LOCALHOST.into()]
+            } else {
+                resolv.nameservers.clone()
+            };
+            let first = ips[0].to_string();
+            let servers = ips
+                .into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, options.port))
+                .collect();
+            Ok((servers, first))
+        }
+    }
+}
+
 fn with_banner(lookups: &[Lookup], banner: String) -> Vec<(Lookup, Option<String>)> {
     lookups
         .iter()
@@ -128,42 +224,33 @@ fn one(
     err: &mut dyn Write,
 ) -> Result<(), i32> {
     let options = &lookup.options;
-    let (servers, shown) = match &options.server {
-        Some(server) => {
-            let found =
-                exchange::resolve_server(server, options.port, options.family).map_err(|e| {
-                    let _ = writeln!(err, "cdig: {e}");
-                    exit::USAGE
-                })?;
-            (found, server.clone())
-        }
-        None => {
-            let ips: Vec<IpAddr> = if resolv.nameservers.is_empty() {
-                vec![Ipv4Addr::LOCALHOST.into()]
-            } else {
-                resolv.nameservers.clone()
-            };
-            let first = ips[0].to_string();
-            let servers = ips
-                .into_iter()
-                .map(|ip| std::net::SocketAddr::new(ip, options.port))
-                .collect();
-            (servers, first)
-        }
-    };
-    let query = exchange::build(lookup).map_err(|e| {
-        let _ = writeln!(err, "cdig: {e}");
-        exit::USAGE
-    })?;
+    let (servers, shown) = servers_for(options, resolv, err)?;
+    // +search: the names to try, in order; the first answer that is not NXDOMAIN is shown.
+    let candidates = search_names(lookup, resolv);
     let mut notices = Vec::new();
     let mut outcome = None;
-    for server in &servers {
-        match exchange::ask(&query, *server, options, &mut notices) {
-            Ok(reply) => {
-                outcome = Some(reply);
-                break;
+    for (i, name) in candidates.iter().enumerate() {
+        let mut attempt = lookup.clone();
+        attempt.name = name.clone();
+        let query = exchange::build(&attempt).map_err(|e| {
+            let _ = writeln!(err, "cdig: {e}");
+            exit::USAGE
+        })?;
+        outcome = None;
+        for server in &servers {
+            match exchange::ask(&query, *server, options, &mut notices) {
+                Ok(reply) => {
+                    outcome = Some(reply);
+                    break;
+                }
+                Err(Failure::Unreachable(_)) => continue,
             }
-            Err(Failure::Unreachable(_)) => continue,
+        }
+        let nxdomain = outcome
+            .as_ref()
+            .is_some_and(|reply| reply.bytes.get(3).is_some_and(|b| b & 0x0f == 3));
+        if !nxdomain || i + 1 == candidates.len() {
+            break;
         }
     }
     // dig prints what happened on the way first, then the banner, then the answer.

@@ -21,6 +21,18 @@ fn mask(text: &str) -> String {
                 format!("; <<>> <program> <<>>{args}")
             } else if let Some((head, _)) = line.split_once(", id: ") {
                 format!("{head}, id: <masked>")
+            } else if let Some(rest) = line.strip_prefix("; COOKIE: ") {
+                let verdict = rest.split_once(' ').map(|(_, v)| v).unwrap_or_default();
+                format!("; COOKIE: <masked> {verdict}")
+            } else if line.trim_start().starts_with("id: ") || line.contains("!!timestamp ") {
+                let indent = line.len() - line.trim_start().len();
+                let key = line.trim_start().split(':').next().unwrap_or_default();
+                format!("{}{key}: <masked>", " ".repeat(indent))
+            } else if let Some((head, _)) = line
+                .split_once(" in ")
+                .filter(|(_, t)| t.ends_with(" ms.") || t.ends_with(" ms"))
+            {
+                format!("{head} in <masked>")
             } else {
                 line.to_string()
             }
@@ -120,6 +132,37 @@ fn cdig_prints_what_dig_prints_for_the_cluster_server() {
         &["dns-version.cluster.local", "TXT"],
         &["version.bind", "TXT", "CH"],
         &[],
+        &["web.alpha.svc.cluster.local", "+yaml"],
+        &[
+            "_http._tcp.hl.alpha.svc.cluster.local",
+            "SRV",
+            "+yaml",
+            "+tcp",
+        ],
+        &["nope.alpha.svc.cluster.local", "+yaml", "+dnssec"],
+        &[
+            "web.alpha.svc.cluster.local",
+            "cluster.local",
+            "SOA",
+            "+yaml",
+        ],
+        &["web.alpha.svc.cluster.local", "+short", "+identify"],
+        &["web.alpha.svc.cluster.local", "+nostats", "+identify"],
+        &["+domain=alpha.svc.cluster.local", "web"],
+        &[
+            "+domain=svc.cluster.local",
+            "web.alpha",
+            "+ndots=2",
+            "+noall",
+            "+answer",
+        ],
+        &[
+            "+domain=svc.cluster.local",
+            "nothere",
+            "+noall",
+            "+question",
+        ],
+        &["+search", "+ndots=5", "web.alpha.svc.cluster.local."],
     ];
     for args in cases {
         same(addr, args);
@@ -283,4 +326,163 @@ fn a_closed_pipe_ends_the_run_quietly() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     runtime.block_on(server.shutdown());
+}
+
+#[test]
+fn explain_shows_every_name_a_pod_tries() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(start_server(&fixture_cluster(), |_| {}));
+    let addr = server.server.local_addrs()[0];
+    let explain = |args: &[&str]| -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_cdig"))
+            .args([
+                &format!("@{}", addr.ip()),
+                "-p",
+                &addr.port().to_string(),
+                "--explain",
+            ])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let rows = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.trim_start_matches(";;").split_whitespace().collect();
+                (fields.len() >= 4 && fields[0].parse::<u32>().is_ok())
+                    .then(|| (fields[1].to_string(), fields[2].to_string()))
+            })
+            .collect()
+    };
+    let short = explain(&["web", "--namespace", "alpha"]);
+    assert_eq!(
+        rows(&short),
+        [(
+            "web.alpha.svc.cluster.local.".to_string(),
+            "NOERROR".to_string()
+        )]
+    );
+    assert!(
+        short.contains("<= answer") && short.contains("Answered by try 1 (of up to 4)"),
+        "{short}"
+    );
+    let two = explain(&["web.alpha", "--namespace", "beta"]);
+    assert_eq!(
+        rows(&two),
+        [
+            (
+                "web.alpha.beta.svc.cluster.local.".to_string(),
+                "NXDOMAIN".to_string()
+            ),
+            (
+                "web.alpha.svc.cluster.local.".to_string(),
+                "NOERROR".to_string()
+            ),
+        ]
+    );
+    assert!(
+        two.contains("asking for web.alpha.svc.cluster.local. (with the final dot) skips it"),
+        "{two}"
+    );
+    let none = explain(&[
+        "nothere",
+        "AAAA",
+        "--namespace",
+        "alpha",
+        "--cluster-domain",
+        "cluster.local",
+    ]);
+    assert_eq!(rows(&none).len(), 4, "{none}");
+    assert!(none.contains("No answer after 4 tries"), "{none}");
+    // Not a terminal: no colour unless asked.
+    assert!(!short.contains('\x1b'));
+    let colored = explain(&["web", "--namespace", "alpha", "--color", "always"]);
+    assert!(colored.contains("\x1b[32m"), "{colored}");
+    runtime.block_on(server.shutdown());
+}
+
+#[test]
+fn json_is_an_rfc_8427_message_object() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(start_server(&fixture_cluster(), |_| {}));
+    let addr = server.server.local_addrs()[0];
+    let output = Command::new(env!("CARGO_BIN_EXE_cdig"))
+        .args([&format!("@{}", addr.ip()), "-p", &addr.port().to_string()])
+        .args(["_http._tcp.web.alpha.svc.cluster.local", "SRV", "+json"])
+        .output()
+        .expect("runs");
+    let message: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(message["QNAME"], "_http._tcp.web.alpha.svc.cluster.local.");
+    assert_eq!(message["QTYPEname"], "SRV");
+    assert_eq!(
+        (
+            message["QR"].as_u64(),
+            message["AA"].as_u64(),
+            message["RCODE"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    let answers = message["answerRRs"].as_array().expect("answers");
+    assert_eq!(message["ANCOUNT"].as_u64(), Some(answers.len() as u64));
+    let first = &answers[0];
+    assert_eq!(first["TYPE"], 33);
+    assert!(
+        first["rdataSRV"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(" web.alpha.svc.cluster.local.")),
+        "{first}"
+    );
+    assert!(first["RDATAHEX"].as_str().is_some_and(|h| !h.is_empty()));
+    runtime.block_on(server.shutdown());
+}
+
+/// A server that answers with an A record and a COOKIE option: the client cookie followed by
+/// a server cookie (`server_cookie`), or the client cookie alone.
+fn cookie_server(server_cookie: bool) -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let addr = udp.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((size, peer)) = udp.recv_from(&mut buffer) {
+            let query = &buffer[..size];
+            let end = question_end(query);
+            // The query's OPT record follows the question: its options start 11 bytes in.
+            let options = &query[(end + 11).min(size)..];
+            let client =
+                (options.len() >= 12 && options[..2] == [0, 10]).then(|| options[4..12].to_vec());
+            let mut reply = query[..end].to_vec();
+            reply[2] = 0x80 | 0x04 | (query[2] & 0x01);
+            reply[3] = 0x00;
+            reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 1]);
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 8]);
+            let mut cookie = client.unwrap_or_default();
+            if server_cookie {
+                cookie.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+            }
+            let option_length = u16::try_from(cookie.len()).expect("short");
+            reply.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+            reply.extend_from_slice(&(option_length + 4).to_be_bytes());
+            reply.extend_from_slice(&[0, 10]);
+            reply.extend_from_slice(&option_length.to_be_bytes());
+            reply.extend_from_slice(&cookie);
+            let _ = udp.send_to(&reply, peer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_returned_cookie_is_shown_and_judged_as_dig_does() {
+    if !have_tool("dig") {
+        return;
+    }
+    for server_cookie in [true, false] {
+        let addr = cookie_server(server_cookie);
+        same(addr, &["c.example", "+nostats"]);
+        let cdig = run(env!("CARGO_BIN_EXE_cdig"), addr, &["c.example"]);
+        let verdict = if server_cookie { "(good)" } else { "(echoed)" };
+        assert!(cdig.stdout.contains(verdict), "{}", cdig.stdout);
+    }
 }
