@@ -632,6 +632,8 @@ mod tests {
         }
         let chaos = one("version.bind TXT CH");
         assert_eq!(chaos.qclass, DNSClass::CH);
+        assert_eq!(one("-c CH -t TXT version.bind").qclass, DNSClass::CH);
+        assert!(parse_str("-c NOPE x").is_err());
         assert_eq!(one("example.com TYPE65").qtype, RecordType::from(65));
         // A second type word after the type is a name, as in dig.
         let lookups = parse_str("a a").unwrap().lookups;
