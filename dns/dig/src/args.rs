@@ -593,6 +593,61 @@ pub fn parse_from(args: &[String], global: Options) -> Result<Invocation, UsageE
     })
 }
 
+/// `cdig -h`: the usage and every option.
+pub const HELP: &str = "Usage:  cdig [@global-server] [domain] [q-type] [q-class] {q-opt}
+            {global-d-opt} host [@local-server] {local-d-opt}
+            [ host [@local-server] {local-d-opt} [...]]
+Where:  domain   is in the Domain Name System
+        q-class  is one of (in,hs,ch,...) [default: in]
+        q-type   is one of (a,any,mx,ns,soa,srv,txt,ptr,...) [default: a]
+        q-opt    is one of:
+                 -4                  (use IPv4 query transport only)
+                 -6                  (use IPv6 query transport only)
+                 -b address[#port]   (bind to source address/port, UDP)
+                 -c class            (specify query class)
+                 -f filename         (batch mode: one command line per line)
+                 -p port             (specify port number)
+                 -q name             (specify query name)
+                 -t type             (specify query type)
+                 -x dot-notation     (shortcut for reverse lookups)
+        d-opt    is of the form +keyword[=value], where keyword is:
+                 +[no]additional     (Control display of additional section)
+                 +[no]all            (Set or clear all display flags)
+                 +[no]answer         (Control display of answer section)
+                 +[no]authority      (Control display of authority section)
+                 +bufsize=###        (Set EDNS0 Max UDP packet size) [1232]
+                 +[no]class          (Control display of class in records)
+                 +[no]cmd            (Control display of command line - global option)
+                 +[no]comments       (Control display of packet header and section names)
+                 +[no]cookie         (Add a COOKIE option to the request)
+                 +[no]dnssec         (Request DNSSEC records)
+                 +domain=###         (Set the search list to one domain, and search)
+                 +[no]edns[=###]     (Set EDNS version) [0]
+                 +[no]identify       (ID responders in short answers)
+                 +[no]json           (Present the results as RFC 8427 JSON)
+                 +ndots=###          (Set search NDOTS value)
+                 +[no]question       (Control display of question section)
+                 +[no]recurse        (Recursive mode)
+                 +retry=###          (Set number of UDP retries) [2]
+                 +[no]search         (Set whether to use the searchlist)
+                 +[no]short          (Display nothing except short form of answers - global option)
+                 +[no]stats          (Control display of statistics)
+                 +[no]tcp            (TCP mode (+[no]vc))
+                 +timeout=###        (Set query timeout) [5]
+                 +tries=###          (Set number of UDP attempts) [3]
+                 +[no]ttlid          (Control display of ttls in records)
+                 +[no]vc             (TCP mode (+[no]tcp))
+                 +[no]yaml           (Present the results as YAML)
+        cdig's own options:
+                 --explain           (show every name a pod's resolver tries for each name)
+                 --namespace NS      (with --explain: the pod's namespace, for its search list)
+                 --cluster-domain D  (with --explain: the cluster domain) [cluster.local]
+                 --color WHEN        (never, always or auto: colour on a terminal) [auto]
+        global d-opts and servers (before host name) affect all queries.
+        local d-opts and servers (after host name) affect only that lookup.
+        -h                           (print help and exit)
+        -v                           (print version and exit)";
+
 /// dig's usage text, printed after a usage error.
 pub const USAGE: &str = "Usage:  cdig [@global-server] [domain] [q-type] [q-class] {q-opt}
             {global-d-opt} host [@local-server] {local-d-opt}

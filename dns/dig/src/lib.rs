@@ -45,7 +45,7 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write, terminal: 
         return exit::OK;
     }
     if invocation.help {
-        let _ = writeln!(out, "{USAGE}");
+        let _ = writeln!(out, "{}", args::HELP);
         return exit::OK;
     }
     let lookups = match with_batch(&invocation, args, err) {
