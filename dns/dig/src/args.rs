@@ -793,6 +793,23 @@ mod tests {
     }
 
     #[test]
+    fn help_documents_every_option() {
+        for (name, _) in PLUS {
+            // +time is dig's other name for +timeout.
+            if *name == "time" {
+                continue;
+            }
+            assert!(
+                HELP.contains(&format!("+{name}")) || HELP.contains(&format!("+[no]{name}")),
+                "+{name} is not in -h"
+            );
+        }
+        for long in ["--explain", "--namespace", "--cluster-domain", "--color"] {
+            assert!(HELP.contains(long), "{long} is not in -h");
+        }
+    }
+
+    #[test]
     fn cdigs_own_long_options_parse_with_or_without_equals() {
         let invocation =
             parse_str("--explain web --namespace shop --cluster-domain=corp.local. --color always")
