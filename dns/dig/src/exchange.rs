@@ -134,70 +134,83 @@ pub struct Reply {
 }
 
 /// Why no reply came.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Every try timed out or was refused (dig: "no servers could be reached", exit 9).
-    Unreachable(Vec<String>),
+    /// Every UDP try timed out or was refused: dig prints its banner and "no servers could be
+    /// reached" after the errors.
+    Unreachable,
+    /// Every TCP try failed: dig prints, per try, the failed connection and "no servers could
+    /// be reached", and no banner.
+    TcpFailed,
 }
 
 /// Events dig prints while asking (";; communications error ...", the TCP retry).
 pub type Notice = String;
 
-/// Sends `query` to `server` and returns the reply; `notices` gets what dig would print on the
-/// way (truncation, errors).
+/// Sends `query` (for `name`) to `server` (`shown` as the user named it) and returns the
+/// reply; `notices` gets what dig would print on the way (truncation, errors).
 pub fn ask(
     query: &Query,
     server: SocketAddr,
+    shown: &str,
+    name: &str,
     options: &Options,
     notices: &mut Vec<Notice>,
 ) -> Result<Reply, Failure> {
     let timeout = Duration::from_secs(options.timeout);
-    let mut errors = Vec::new();
-    if options.tcp {
-        return tcp(query, server, timeout).map_err(|err| {
-            let message = describe(server, &err);
-            errors.push(message);
-            Failure::Unreachable(errors)
-        });
-    }
-    for _ in 0..options.tries {
-        match udp(query, server, options, timeout) {
-            Ok(reply) => {
-                // TC set: ask again over TCP, as dig does.
-                if reply.bytes.get(2).is_some_and(|flags| flags & 0x02 != 0) {
-                    notices.push(";; Truncated, retrying in TCP mode.".to_string());
-                    return tcp(query, server, timeout).map_err(|err| {
-                        errors.push(describe(server, &err));
-                        Failure::Unreachable(errors)
-                    });
-                }
-                return Ok(reply);
-            }
-            Err(err) => {
-                let message = describe(server, &err);
-                notices.push(message.clone());
-                errors.push(message);
-                // A refused port does not get better by waiting.
-                if err.kind() == io::ErrorKind::ConnectionRefused {
+    if !options.tcp {
+        let mut answered = None;
+        for _ in 0..options.tries {
+            match udp(query, server, options, timeout) {
+                Ok(reply) => {
+                    answered = Some(reply);
                     break;
                 }
+                Err(err) => notices.push(describe(server, &err)),
+            }
+        }
+        let reply = answered.ok_or(Failure::Unreachable)?;
+        // TC set: ask again over TCP, as dig does.
+        if reply.bytes.get(2).is_none_or(|flags| flags & 0x02 == 0) {
+            return Ok(reply);
+        }
+        notices.push(";; Truncated, retrying in TCP mode.".to_string());
+    }
+    for _ in 0..options.tries {
+        match tcp(query, server, timeout) {
+            Ok(reply) => return Ok(reply),
+            Err(err) => {
+                notices.push(format!(
+                    ";; Connection to {}({shown}) for {name} failed: {}.",
+                    server_text(server),
+                    reason(&err)
+                ));
+                notices.push(";; no servers could be reached".to_string());
             }
         }
     }
-    Err(Failure::Unreachable(errors))
+    Err(Failure::TcpFailed)
+}
+
+fn server_text(server: SocketAddr) -> String {
+    format!("{}#{}", server.ip(), server.port())
+}
+
+/// An error as dig words it.
+fn reason(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        _ => err.to_string(),
+    }
 }
 
 fn describe(server: SocketAddr, err: &io::Error) -> String {
-    let shown = format!("{}#{}", server.ip(), server.port());
-    match err.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            format!(";; communications error to {shown}: timed out")
-        }
-        io::ErrorKind::ConnectionRefused => {
-            format!(";; communications error to {shown}: connection refused")
-        }
-        _ => format!(";; communications error to {shown}: {err}"),
-    }
+    format!(
+        ";; communications error to {}: {}",
+        server_text(server),
+        reason(err)
+    )
 }
 
 fn local(options: &Options, server: SocketAddr) -> SocketAddr {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, ResponseCode};
 
 use crate::args::{Invocation, Lookup};
-use crate::exchange::{self, Failure, ResolvConf};
+use crate::exchange::{self, ResolvConf};
 use crate::print;
 
 /// One name the resolver tried.
@@ -203,16 +203,21 @@ fn ask(lookup: &Lookup, servers: &[std::net::SocketAddr]) -> Step {
     };
     let mut notices = Vec::new();
     for server in servers {
-        match exchange::ask(&query, *server, &lookup.options, &mut notices) {
-            Ok(reply) => {
-                step.elapsed = reply.elapsed;
-                if let Ok(message) = Message::from_vec(&reply.bytes) {
-                    step.status = Some(message.metadata.response_code);
-                    step.answers = message.answers.len();
-                }
-                return step;
+        let shown = server.ip().to_string();
+        if let Ok(reply) = exchange::ask(
+            &query,
+            *server,
+            &shown,
+            &lookup.name,
+            &lookup.options,
+            &mut notices,
+        ) {
+            step.elapsed = reply.elapsed;
+            if let Ok(message) = Message::from_vec(&reply.bytes) {
+                step.status = Some(message.metadata.response_code);
+                step.answers = message.answers.len();
             }
-            Err(Failure::Unreachable(_)) => continue,
+            return step;
         }
     }
     step

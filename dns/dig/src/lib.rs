@@ -228,7 +228,7 @@ fn one(
     // +search: the names to try, in order; the first answer that is not NXDOMAIN is shown.
     let candidates = search_names(lookup, resolv);
     let mut notices = Vec::new();
-    let mut outcome = None;
+    let mut outcome = Err(Failure::Unreachable);
     for (i, name) in candidates.iter().enumerate() {
         let mut attempt = lookup.clone();
         attempt.name = name.clone();
@@ -236,19 +236,16 @@ fn one(
             let _ = writeln!(err, "cdig: {e}");
             exit::USAGE
         })?;
-        outcome = None;
+        outcome = Err(Failure::Unreachable);
         for server in &servers {
-            match exchange::ask(&query, *server, options, &mut notices) {
-                Ok(reply) => {
-                    outcome = Some(reply);
-                    break;
-                }
-                Err(Failure::Unreachable(_)) => continue,
+            outcome = exchange::ask(&query, *server, &shown, name, options, &mut notices);
+            if outcome.is_ok() {
+                break;
             }
         }
         let nxdomain = outcome
             .as_ref()
-            .is_some_and(|reply| reply.bytes.get(3).is_some_and(|b| b & 0x0f == 3));
+            .is_ok_and(|reply| reply.bytes.get(3).is_some_and(|b| b & 0x0f == 3));
         if !nxdomain || i + 1 == candidates.len() {
             break;
         }
@@ -258,13 +255,19 @@ fn one(
         out.push_str(notice);
         out.push('\n');
     }
-    if let Some((args, full)) = banner.filter(|_| options.cmd) {
+    let tcp_failed = matches!(outcome, Err(Failure::TcpFailed));
+    if let Some((args, full)) = banner.filter(|_| options.cmd && !tcp_failed) {
         let found = options.server.as_ref().map(|_| servers.len());
         print::banner(out, args, full, found);
     }
-    let Some(reply) = outcome else {
-        out.push_str(";; no servers could be reached\n");
-        return Err(exit::NO_REPLY);
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(Failure::Unreachable) => {
+            out.push_str(";; no servers could be reached\n");
+            return Err(exit::NO_REPLY);
+        }
+        // dig said it all with each failed try.
+        Err(Failure::TcpFailed) => return Err(exit::NO_REPLY),
     };
     let message = Message::from_vec(&reply.bytes).map_err(|e| {
         let _ = writeln!(err, ";; Got bad packet: {e}");

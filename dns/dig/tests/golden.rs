@@ -271,6 +271,9 @@ fn no_server_and_no_batch_file_exit_as_dig_does() {
     let addr = socket.local_addr().expect("addr");
     drop(socket);
     same(addr, &["x.example", "+timeout=1"]);
+    same(addr, &["x.example", "+tries=2"]);
+    same(addr, &["x.example", "+tcp"]);
+    same(addr, &["x.example", "+tcp", "+tries=2"]);
     let missing = Command::new(env!("CARGO_BIN_EXE_cdig"))
         .args(["-f", "/nonexistent/batch"])
         .output()
