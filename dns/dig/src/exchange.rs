@@ -31,14 +31,19 @@ pub fn build(lookup: &Lookup) -> Result<Query, String> {
         flags |= 0x0100;
     }
     bytes.extend_from_slice(&flags.to_be_bytes());
-    let additional: u16 = u16::from(options.edns.is_some());
+    // +dnssec, +bufsize=N and +cookie bring EDNS back after +noedns, as in dig.
+    let edns = options.edns.or((options.dnssec
+        || options.bufsize_set
+        || (options.cookie_set && options.cookie))
+        .then_some(0));
+    let additional: u16 = u16::from(edns.is_some());
     for count in [1u16, 0, 0, additional] {
         bytes.extend_from_slice(&count.to_be_bytes());
     }
     encode_name(&lookup.name, &mut bytes)?;
     bytes.extend_from_slice(&u16::from(lookup.qtype).to_be_bytes());
     bytes.extend_from_slice(&u16::from(lookup.qclass).to_be_bytes());
-    if let Some(version) = options.edns {
+    if let Some(version) = edns {
         bytes.push(0); // root
         bytes.extend_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
         bytes.extend_from_slice(&options.bufsize.to_be_bytes());
@@ -49,10 +54,15 @@ pub fn build(lookup: &Lookup) -> Result<Query, String> {
         let mut rdata = Vec::new();
         if options.cookie {
             let client = fastrand::u64(..).to_be_bytes();
+            let value = options
+                .cookie_value
+                .clone()
+                .unwrap_or_else(|| client.to_vec());
+            let length = u16::try_from(value.len()).map_err(|_| "cookie too long".to_string())?;
             rdata.extend_from_slice(&10u16.to_be_bytes());
-            rdata.extend_from_slice(&8u16.to_be_bytes());
-            rdata.extend_from_slice(&client);
-            cookie = Some(client);
+            rdata.extend_from_slice(&length.to_be_bytes());
+            rdata.extend_from_slice(&value);
+            cookie = value.get(..8).and_then(|c| <[u8; 8]>::try_from(c).ok());
         }
         let length = u16::try_from(rdata.len()).map_err(|_| "OPT too long".to_string())?;
         bytes.extend_from_slice(&length.to_be_bytes());
@@ -115,6 +125,16 @@ fn encode_name(name: &str, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
+/// The type of the question of a query.
+fn query_type(bytes: &[u8]) -> Option<RecordType> {
+    let mut at = 12;
+    while *bytes.get(at)? != 0 {
+        at += usize::from(bytes[at]) + 1;
+    }
+    let raw = u16::from_be_bytes([*bytes.get(at + 1)?, *bytes.get(at + 2)?]);
+    Some(RecordType::from(raw))
+}
+
 /// How an answer came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -158,7 +178,10 @@ pub fn ask(
     notices: &mut Vec<Notice>,
 ) -> Result<Reply, Failure> {
     let timeout = Duration::from_secs(options.timeout);
-    if !options.tcp {
+    // dig asks for ANY over TCP unless told +notcp.
+    let any = query.bytes.len() > 12 && query_type(&query.bytes) == Some(RecordType::ANY);
+    let over_tcp = options.tcp || (any && !options.tcp_set);
+    if !over_tcp {
         let mut answered = None;
         for _ in 0..options.tries {
             match udp(query, server, options, timeout) {

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use hickory_proto::op::Message;
 
-use args::{Invocation, Lookup, USAGE};
+use args::{ArgError, Invocation, Lookup, USAGE};
 use exchange::{Failure, ResolvConf};
 
 /// dig's exit codes.
@@ -35,11 +35,11 @@ pub mod exit {
 pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write, terminal: bool) -> i32 {
     let invocation = match args::parse(args) {
         Ok(invocation) => invocation,
-        Err(usage) => {
-            let _ = writeln!(err, "{usage}\n{USAGE}");
-            return exit::USAGE;
-        }
+        Err(error) => return report(&error, out, err),
     };
+    for warning in &invocation.warnings {
+        let _ = writeln!(err, "{warning}");
+    }
     if invocation.version {
         let _ = writeln!(err, "cdig {}", env!("CARGO_PKG_VERSION"));
         return exit::OK;
@@ -48,7 +48,7 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write, terminal: 
         let _ = writeln!(out, "{}", args::HELP);
         return exit::OK;
     }
-    let lookups = match with_batch(&invocation, args, err) {
+    let lookups = match with_batch(&invocation, args, out, err) {
         Ok(lookups) => lookups,
         Err(code) => return code,
     };
@@ -116,45 +116,77 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write, terminal: 
 fn with_batch(
     invocation: &Invocation,
     args: &[String],
+    out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<Vec<(Lookup, Option<String>)>, i32> {
-    let mut lookups = with_banner(&invocation.lookups, args.join(" "));
+    let mut lookups = with_banner(&invocation.lookups, args.join(" "), invocation.banner);
     let Some(path) = &invocation.batch else {
         return Ok(lookups);
     };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
+            let reason = std::io::Error::from(e.kind());
             let _ = writeln!(
                 err,
-                "{}: {e}\ncdig: couldn't open specified batch file",
+                "{}: {reason}\ncdig: couldn't open specified batch file",
                 path.display()
             );
             return Err(exit::BATCH_FILE);
         }
     };
+    // Every line is a command line, as in dig: empty lines and lines starting with '#' or ';'
+    // are skipped only before the first real line; after it, an empty line asks for the
+    // root's name servers. +short, +yaml, +json and +cmd on a line hold for the lines after it.
+    let mut global = invocation.global.clone();
+    let mut started = false;
     for line in text.lines() {
+        let skippable = line.is_empty() || line.starts_with(['#', ';', '\r']);
+        if !started && skippable {
+            continue;
+        }
+        started = true;
         let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-        // As in dig, every line is a command line: there are no comments, and an empty line
-        // asks for the root's name servers.
-        match args::parse_from(&words, invocation.global.clone()) {
-            Ok(batch) => lookups.extend(with_banner(&batch.lookups, words.join(" "))),
-            Err(usage) => {
-                let _ = writeln!(err, "{usage}\n{USAGE}");
-                return Err(exit::USAGE);
+        match args::parse_from(&words, global.clone()) {
+            Ok(batch) => {
+                for warning in &batch.warnings {
+                    let _ = writeln!(err, "{warning}");
+                }
+                global.short = batch.global.short;
+                global.yaml = batch.global.yaml;
+                global.json = batch.global.json;
+                global.cmd = batch.global.cmd;
+                lookups.extend(with_banner(&batch.lookups, words.join(" "), batch.banner));
             }
+            Err(error) => return Err(report(&error, out, err)),
         }
     }
     Ok(lookups)
 }
 
-/// The names `+search` tries for a lookup, in order: a name with fewer dots than ndots goes
-/// through the search list first and is tried as it is last; one with enough dots the other way
-/// round; an absolute name (ending in a dot) only as it is.
+/// Prints a command-line error as dig does and returns its exit code.
+fn report(error: &ArgError, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    match error {
+        ArgError::Usage(usage) => {
+            let _ = writeln!(err, "{usage}\n{USAGE}");
+            exit::USAGE
+        }
+        ArgError::BadValue { what, value, why } => {
+            let _ = writeln!(out, "invalid {what} '{value}': {why}");
+            let _ = writeln!(err, "cdig: Couldn't parse {what}");
+            exit::INTERNAL
+        }
+    }
+}
+
+/// The names `+search` (or `+domain`) tries for a lookup, in order: a name with fewer dots
+/// than ndots goes through the search list first and is tried as it is last; one with enough
+/// dots the other way round; an absolute name (ending in a dot) only as it is.
 pub fn search_names(lookup: &Lookup, resolv: &ResolvConf) -> Vec<String> {
     let name = &lookup.name;
     let options = &lookup.options;
-    if !options.search || name.ends_with('.') {
+    // +domain applies even after +nosearch, as in dig.
+    if (!options.search && options.domain.is_none()) || name.ends_with('.') {
         return vec![name.clone()];
     }
     let search: Vec<String> = match &options.domain {
@@ -208,11 +240,11 @@ fn servers_for(
     }
 }
 
-fn with_banner(lookups: &[Lookup], banner: String) -> Vec<(Lookup, Option<String>)> {
+fn with_banner(lookups: &[Lookup], banner: String, show: bool) -> Vec<(Lookup, Option<String>)> {
     lookups
         .iter()
         .enumerate()
-        .map(|(i, lookup)| (lookup.clone(), (i == 0).then(|| banner.clone())))
+        .map(|(i, lookup)| (lookup.clone(), (i == 0 && show).then(|| banner.clone())))
         .collect()
 }
 
@@ -232,16 +264,39 @@ fn one(
     for (i, name) in candidates.iter().enumerate() {
         let mut attempt = lookup.clone();
         attempt.name = name.clone();
-        let query = exchange::build(&attempt).map_err(|e| {
-            let _ = writeln!(err, "cdig: {e}");
-            exit::USAGE
-        })?;
-        outcome = Err(Failure::Unreachable);
-        for server in &servers {
-            outcome = exchange::ask(&query, *server, &shown, name, options, &mut notices);
-            if outcome.is_ok() {
-                break;
+        loop {
+            let query = exchange::build(&attempt).map_err(|e| {
+                let _ = writeln!(err, "cdig: {e}");
+                exit::INTERNAL
+            })?;
+            outcome = Err(Failure::Unreachable);
+            for server in &servers {
+                outcome = exchange::ask(
+                    &query,
+                    *server,
+                    &shown,
+                    name,
+                    &attempt.options,
+                    &mut notices,
+                );
+                if outcome.is_ok() {
+                    break;
+                }
             }
+            // A server that does not speak our EDNS version says BADVERS: ask again with
+            // version 0, as dig does.
+            let badvers = outcome.as_ref().is_ok_and(|reply| {
+                Message::from_vec(&reply.bytes)
+                    .is_ok_and(|m| u16::from(m.metadata.response_code) == 16)
+            });
+            if badvers && attempt.options.edns.is_some_and(|v| v > 0) {
+                if !options.short {
+                    notices.push(";; BADVERS, retrying with EDNS version 0.".to_string());
+                }
+                attempt.options.edns = Some(0);
+                continue;
+            }
+            break;
         }
         let nxdomain = outcome
             .as_ref()
@@ -256,7 +311,7 @@ fn one(
         out.push('\n');
     }
     let tcp_failed = matches!(outcome, Err(Failure::TcpFailed));
-    if let Some((args, full)) = banner.filter(|_| options.cmd && !tcp_failed) {
+    if let Some((args, full)) = banner.filter(|_| !tcp_failed) {
         let found = options.server.as_ref().map(|_| servers.len());
         print::banner(out, args, full, found);
     }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::args::{Lookup, Options};
 use crate::exchange::{Reply, Transport};
@@ -70,14 +70,14 @@ fn at(line: &mut String, to: usize, field: &str) {
 /// One record as dig prints it in a section.
 pub fn record_line(record: &Record, options: &Options) -> String {
     let c = columns(options);
-    let mut line = record.name.to_string();
+    let mut line = name_text(&record.name);
     if options.ttlid {
         at(&mut line, c.ttl, &record.ttl.to_string());
     }
     if options.class {
         at(&mut line, c.class, &record.dns_class.to_string());
     }
-    at(&mut line, c.kind, &record.record_type().to_string());
+    at(&mut line, c.kind, &type_text(record.record_type()));
     at(&mut line, c.data, &rdata_text(record));
     line
 }
@@ -92,22 +92,68 @@ pub fn question_line(name: &str, class: &str, kind: &str, options: &Options) -> 
     format!(";{line}")
 }
 
+/// A name as BIND writes it: `"().;\\@$` escaped with a backslash, other bytes outside
+/// printable ASCII as `\DDD` in decimal (hickory's own form differs: octal, and more escapes).
+pub fn name_text(name: &Name) -> String {
+    if name.is_root() {
+        return ".".to_string();
+    }
+    let mut out = String::new();
+    for label in name.iter() {
+        for &b in label {
+            match b {
+                b'"' | b'(' | b')' | b'.' | b';' | b'\\' | b'@' | b'$' => {
+                    out.push('\\');
+                    out.push(b as char);
+                }
+                0x21..=0x7e => out.push(b as char),
+                _ => {
+                    let _ = write!(out, "\\{b:03}");
+                }
+            }
+        }
+        out.push('.');
+    }
+    if !name.is_fqdn() {
+        out.pop();
+    }
+    out
+}
+
+/// A type as dig writes it: its mnemonic, or `TYPEnn`.
+pub fn type_text(kind: RecordType) -> String {
+    match kind {
+        RecordType::ZERO => "TYPE0".to_string(),
+        RecordType::Unknown(n) => format!("TYPE{n}"),
+        other => other.to_string(),
+    }
+}
+
 /// A record's data in master-file form, as dig shows it.
 pub fn rdata_text(record: &Record) -> String {
     match &record.data {
         RData::A(a) => a.to_string(),
         RData::AAAA(aaaa) => aaaa.to_string(),
-        RData::CNAME(name) => name.to_string(),
-        RData::NS(name) => name.to_string(),
-        RData::PTR(name) => name.to_string(),
-        RData::MX(mx) => format!("{} {}", mx.preference, mx.exchange),
+        RData::CNAME(name) => name_text(name),
+        RData::NS(name) => name_text(name),
+        RData::PTR(name) => name_text(name),
+        RData::MX(mx) => format!("{} {}", mx.preference, name_text(&mx.exchange)),
         RData::SRV(srv) => format!(
             "{} {} {} {}",
-            srv.priority, srv.weight, srv.port, srv.target
+            srv.priority,
+            srv.weight,
+            srv.port,
+            name_text(&srv.target)
         ),
         RData::SOA(soa) => format!(
             "{} {} {} {} {} {} {}",
-            soa.mname, soa.rname, soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum
+            name_text(&soa.mname),
+            name_text(&soa.rname),
+            soa.serial,
+            soa.refresh,
+            soa.retry,
+            soa.expire,
+            soa.minimum
         ),
         RData::TXT(txt) => txt
             .txt_data
@@ -174,8 +220,17 @@ pub fn status_text(code: ResponseCode) -> String {
         ResponseCode::NXRRSet => "NXRRSET".into(),
         ResponseCode::NotAuth => "NOTAUTH".into(),
         ResponseCode::NotZone => "NOTZONE".into(),
-        ResponseCode::BADVERS => "BADVERS".into(),
-        other => format!("RESERVED{}", u16::from(other)),
+        other => match u16::from(other) {
+            16 => "BADVERS".into(),
+            17 => "BADKEY".into(),
+            18 => "BADTIME".into(),
+            19 => "BADMODE".into(),
+            20 => "BADNAME".into(),
+            21 => "BADALG".into(),
+            22 => "BADTRUNC".into(),
+            23 => "BADCOOKIE".into(),
+            n => format!("RESERVED{n}"),
+        },
     }
 }
 
@@ -197,7 +252,9 @@ pub fn reply(
         return;
     }
     if o.short {
-        short(out, o, reply, message, shown_server);
+        if o.answer {
+            short(out, o, reply, message, shown_server);
+        }
         return;
     }
     let m = &message.metadata;
@@ -206,7 +263,7 @@ pub fn reply(
         let qname = message
             .queries
             .first()
-            .map(|q| q.name().to_string())
+            .map(|q| name_text(q.name()))
             .unwrap_or_default();
         let lower = qname.to_ascii_lowercase();
         if lower.ends_with(".local.") || lower == "local." {
@@ -258,9 +315,9 @@ pub fn reply(
         }
         for q in &message.queries {
             let line = question_line(
-                &q.name().to_string(),
+                &name_text(q.name()),
                 &q.query_class().to_string(),
-                &q.query_type().to_string(),
+                &type_text(q.query_type()),
                 o,
             );
             let _ = writeln!(out, "{line}");
@@ -340,10 +397,10 @@ fn short(out: &mut String, o: &Options, reply: &Reply, message: &Message, shown_
 fn record_flat(record: &Record) -> String {
     format!(
         "{} {} {} {} {}",
-        record.name,
+        name_text(&record.name),
         record.ttl,
         record.dns_class,
-        record.record_type(),
+        type_text(record.record_type()),
         rdata_text(record)
     )
 }
@@ -419,9 +476,9 @@ fn yaml(out: &mut String, lookup: &Lookup, reply: &Reply, message: &Message) {
             let _ = writeln!(
                 out,
                 "        - '{} {} {}'",
-                q.name(),
+                name_text(q.name()),
                 q.query_class(),
-                q.query_type()
+                type_text(q.query_type())
             );
         }
     }
@@ -542,9 +599,9 @@ pub fn json(out: &mut String, reply: &Reply, message: &Message) {
     let additional = message.additionals.len() + usize::from(message.edns.is_some());
     object.insert("ARCOUNT".into(), json!(additional));
     if let Some(q) = message.queries.first() {
-        object.insert("QNAME".into(), json!(q.name().to_string()));
+        object.insert("QNAME".into(), json!(name_text(q.name())));
         object.insert("QTYPE".into(), json!(u16::from(q.query_type())));
-        object.insert("QTYPEname".into(), json!(q.query_type().to_string()));
+        object.insert("QTYPEname".into(), json!(type_text(q.query_type())));
         object.insert("QCLASS".into(), json!(u16::from(q.query_class())));
         object.insert("QCLASSname".into(), json!(q.query_class().to_string()));
     }
@@ -555,13 +612,16 @@ pub fn json(out: &mut String, reply: &Reply, message: &Message) {
                 .filter(|r| r.record_type() != RecordType::OPT)
                 .map(|r| {
                     let mut rr = Map::new();
-                    rr.insert("NAME".into(), json!(r.name.to_string()));
+                    rr.insert("NAME".into(), json!(name_text(&r.name)));
                     rr.insert("TYPE".into(), json!(u16::from(r.record_type())));
-                    rr.insert("TYPEname".into(), json!(r.record_type().to_string()));
+                    rr.insert("TYPEname".into(), json!(type_text(r.record_type())));
                     rr.insert("CLASS".into(), json!(u16::from(r.dns_class)));
                     rr.insert("CLASSname".into(), json!(r.dns_class.to_string()));
                     rr.insert("TTL".into(), json!(r.ttl));
-                    rr.insert(format!("rdata{}", r.record_type()), json!(rdata_text(r)));
+                    rr.insert(
+                        format!("rdata{}", type_text(r.record_type())),
+                        json!(rdata_text(r)),
+                    );
                     let mut wire = Vec::new();
                     let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut wire);
                     if hickory_proto::serialize::binary::BinEncodable::emit(&r.data, &mut encoder)
@@ -686,6 +746,20 @@ mod tests {
             plain
         };
         assert_eq!(stripped, text);
+    }
+
+    #[test]
+    fn names_are_escaped_as_bind_does() {
+        let name = Name::from_labels(vec![
+            &b"a b"[..],
+            &b"\xc3\xa4"[..],
+            &b"x#y"[..],
+            &b"q.r"[..],
+        ])
+        .unwrap();
+        assert_eq!(name_text(&name), "a\\032b.\\195\\164.x#y.q\\.r.");
+        assert_eq!(name_text(&Name::root()), ".");
+        assert_eq!(type_text(RecordType::ZERO), "TYPE0");
     }
 
     #[test]

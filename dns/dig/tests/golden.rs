@@ -163,6 +163,28 @@ fn cdig_prints_what_dig_prints_for_the_cluster_server() {
             "+question",
         ],
         &["+search", "+ndots=5", "web.alpha.svc.cluster.local."],
+        // dig's own rules, found by running both side by side.
+        &["web.alpha.svc.cluster.local", "ANY"],
+        &["web.alpha.svc.cluster.local", "ANY", "+notcp"],
+        &["web.alpha.svc.cluster.local", "+edns=1"],
+        &["web.alpha.svc.cluster.local", "+edns=1", "+short"],
+        &[
+            "AAAA",
+            "dual.alpha.svc.cluster.local",
+            "web.alpha.svc.cluster.local",
+        ],
+        &["-c", "CH", "dns-version.cluster.local", "TXT"],
+        &["dual.alpha.svc.cluster.local", "AAAA", "A"],
+        &["-t", "A", "-t", "AAAA", "dual.alpha.svc.cluster.local"],
+        &["+nocmd", "web.alpha.svc.cluster.local", "+cmd"],
+        &["web.alpha.svc.cluster.local", "+short", "+noanswer"],
+        &["web.alpha.svc.cluster.local", "+yaml", "+noyaml"],
+        &["web.alpha.svc.cluster.local", "+noedns", "+dnssec"],
+        &["web.alpha.svc.cluster.local", "+noedns", "+cookie"],
+        &["-x", "10.96.1"],
+        &["web", "+domain=alpha.svc.cluster.local", "+nosearch"],
+        &["a\\032b.alpha.svc.cluster.local"],
+        &["x#y.alpha.svc.cluster.local", "TYPE0"],
     ];
     for args in cases {
         same(addr, args);
@@ -180,6 +202,14 @@ fn cdig_prints_what_dig_prints_for_the_cluster_server() {
         &["-f", batch.to_str().expect("utf-8"), "+noall", "+answer"],
     );
     same(addr, &["-f", batch.to_str().expect("utf-8")]);
+    // Leading blank and comment lines are skipped; +short on a line holds for the later ones.
+    let leading = dir.join("leading.txt");
+    std::fs::write(
+        &leading,
+        "\n# a comment\n; another\nweb.alpha.svc.cluster.local +short\ndual.alpha.svc.cluster.local AAAA\n\n",
+    )
+    .expect("batch file");
+    same(addr, &["-f", leading.to_str().expect("utf-8")]);
     runtime.block_on(server.shutdown());
 }
 
