@@ -479,7 +479,7 @@ pub fn apply_plus(options: &mut Options, word: &str) -> Result<(), ArgError> {
 }
 
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !(16..=80).contains(&text.len()) {
+    if !text.len().is_multiple_of(2) || !(16..=80).contains(&text.len()) {
         return None;
     }
     (0..text.len())
