@@ -121,25 +121,17 @@ pub fn ensure(subnets: &[IpNet], direct: &[IpNet]) -> Result<()> {
 
 /// Applies `script` with `nft -f -`, as one atomic transaction.
 pub fn apply(script: &str) -> Result<()> {
-    let mut nft = Command::new("nft");
-    nft.args(["-f", "-"]).stderr(Stdio::piped());
-    let output = crate::run_with_input(&mut nft, script.as_bytes()).map_err(|err| {
-        CniError::new(
+    use netd_nft::{Applier, ApplyError, Nft};
+    Nft.apply(script).map_err(|err| match err {
+        ApplyError::Spawn(err) => CniError::new(
             Code::System,
             format!("running nft for ipMasq (is nftables installed?): {err}"),
-        )
-    })?;
-    if !output.status.success() {
-        return Err(CniError::new(
+        ),
+        ApplyError::Refused { status, stderr } => CniError::new(
             Code::System,
-            format!(
-                "nft refused the masquerade rules ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+            format!("nft refused the masquerade rules ({status}): {stderr}"),
+        ),
+    })
 }
 
 /// An element of an interval set: first and last address, and the family.
