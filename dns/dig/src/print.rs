@@ -101,16 +101,7 @@ pub fn name_text(name: &Name) -> String {
     let mut out = String::new();
     for label in name.iter() {
         for &b in label {
-            match b {
-                b'"' | b'(' | b')' | b'.' | b';' | b'\\' | b'@' | b'$' => {
-                    out.push('\\');
-                    out.push(b as char);
-                }
-                0x21..=0x7e => out.push(b as char),
-                _ => {
-                    let _ = write!(out, "\\{b:03}");
-                }
-            }
+            escape(&mut out, b, b"\"().;\\@$", 0x21);
         }
         out.push('.');
     }
@@ -118,6 +109,19 @@ pub fn name_text(name: &Name) -> String {
         out.pop();
     }
     out
+}
+
+/// Writes one byte as BIND does: `special` bytes after a backslash, bytes from `printable` to
+/// `~` as they are, the rest as `\DDD` in decimal.
+fn escape(out: &mut String, b: u8, special: &[u8], printable: u8) {
+    if special.contains(&b) {
+        out.push('\\');
+        out.push(b as char);
+    } else if (printable..=0x7e).contains(&b) {
+        out.push(b as char);
+    } else {
+        let _ = write!(out, "\\{b:03}");
+    }
 }
 
 /// A type as dig writes it: its mnemonic, or `TYPEnn`.
@@ -170,16 +174,7 @@ pub fn rdata_text(record: &Record) -> String {
 fn quote(bytes: &[u8]) -> String {
     let mut out = String::from("\"");
     for &b in bytes {
-        match b {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(b as char);
-            }
-            0x20..=0x7e => out.push(b as char),
-            _ => {
-                let _ = write!(out, "\\{b:03}");
-            }
-        }
+        escape(&mut out, b, b"\"\\", 0x20);
     }
     out.push('"');
     out

@@ -59,6 +59,18 @@ pub struct Hook {
     pub policy: String,
 }
 
+impl Hook {
+    /// `Hook::new("nat", "prerouting", "dstnat", "accept")`.
+    pub fn new(kind: &str, hook: &str, priority: &str, policy: &str) -> Hook {
+        Hook {
+            kind: kind.to_string(),
+            hook: hook.to_string(),
+            priority: priority.to_string(),
+            policy: policy.to_string(),
+        }
+    }
+}
+
 /// A chain: a hook (for a base chain) and its rules, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Chain {
@@ -461,12 +473,7 @@ mod tests {
         t.chains.insert(
             "prerouting".into(),
             Chain {
-                hook: Some(Hook {
-                    kind: "nat".into(),
-                    hook: "prerouting".into(),
-                    priority: "dstnat".into(),
-                    policy: "accept".into(),
-                }),
+                hook: Some(Hook::new("nat", "prerouting", "dstnat", "accept")),
                 rules: vec!["ip daddr . meta l4proto . th dport vmap @services".into()],
             },
         );

@@ -136,12 +136,7 @@ fn services(services: u32, port: u16) -> Table {
     t.chains.insert(
         "prerouting".into(),
         Chain {
-            hook: Some(Hook {
-                kind: "nat".into(),
-                hook: "prerouting".into(),
-                priority: "dstnat".into(),
-                policy: "accept".into(),
-            }),
+            hook: Some(Hook::new("nat", "prerouting", "dstnat", "accept")),
             rules: vec!["ip daddr . meta l4proto . th dport vmap @services".into()],
         },
     );
