@@ -20,8 +20,8 @@
 //!
 //! Rules are nft's own text (`ip daddr 10.96.0.1 tcp dport 80 goto svc-abc`): the model does
 //! not parse expressions, in the manner of kubernetes-sigs/knftables. Names of chains, sets and
-//! maps are checked (letters, digits, `_`, `-`, `.`), so a name can never change a script's
-//! meaning.
+//! maps are checked (letters, digits, `_`, `-`, `.`, `/`), so a name can never change a
+//! script's meaning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -146,7 +146,7 @@ pub struct Table {
 /// A name that cannot be used in a script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{what} name {name:?} must be 1 to 64 letters, digits, '_', '-' or '.', starting with a letter"
+    "{what} name {name:?} must be 1 to 240 letters, digits, '_', '-', '.' or '/', starting with a letter"
 )]
 pub struct BadName {
     pub what: &'static str,
@@ -154,11 +154,13 @@ pub struct BadName {
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), BadName> {
-    let ok = (1..=64).contains(&name.len())
+    // nft's identifiers: a letter, then letters, digits, '_', '-', '.' or '/' (kube-proxy's
+    // chain names carry `ns/svc/proto/port`); nft allows 256 bytes, 240 leaves room.
+    let ok = (1..=240).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
     if ok {
         Ok(())
     } else {
@@ -391,13 +393,20 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
             .collect();
         element_lines(&mut out, "delete", &prefix, name, &removed);
     }
-    for (name, chain) in &old.chains {
-        if !new.chains.contains_key(name) {
-            if !chain.rules.is_empty() {
-                let _ = writeln!(out, "flush chain {prefix} {name}");
-            }
-            let _ = writeln!(out, "delete chain {prefix} {name}");
+    // Stale chains may jump to each other (a service chain's numgen vmap to its endpoint
+    // chains): all are flushed before any is deleted, so none is still referenced.
+    let stale: Vec<(&String, &Chain)> = old
+        .chains
+        .iter()
+        .filter(|(name, _)| !new.chains.contains_key(*name))
+        .collect();
+    for (name, chain) in &stale {
+        if !chain.rules.is_empty() {
+            let _ = writeln!(out, "flush chain {prefix} {name}");
         }
+    }
+    for (name, _) in &stale {
+        let _ = writeln!(out, "delete chain {prefix} {name}");
     }
     for (name, set) in &old.sets {
         if !new.sets.contains_key(name) {
@@ -563,6 +572,33 @@ mod tests {
         retyped.sets.get_mut("services").unwrap().flags = vec!["interval".into()];
         let script = diff(&old, &retyped).unwrap();
         assert!(script.starts_with("delete map inet netd-proxy services\nadd map inet netd-proxy services { type ipv4_addr . inet_proto . inet_service : verdict; flags interval; }\n"), "{script}");
+    }
+
+    #[test]
+    fn stale_chains_are_all_flushed_before_any_is_deleted() {
+        let mut old = Table::new(Family::Inet, "t");
+        old.chains.insert(
+            "a-endpoint".into(),
+            Chain {
+                hook: None,
+                rules: vec!["accept".into()],
+            },
+        );
+        old.chains.insert(
+            "b-service".into(),
+            Chain {
+                hook: None,
+                rules: vec!["numgen random mod 1 vmap { 0 : goto a-endpoint }".into()],
+            },
+        );
+        let new = Table::new(Family::Inet, "t");
+        assert_eq!(
+            diff(&old, &new).unwrap(),
+            "flush chain inet t a-endpoint\n\
+             flush chain inet t b-service\n\
+             delete chain inet t a-endpoint\n\
+             delete chain inet t b-service\n"
+        );
     }
 
     #[test]
