@@ -120,9 +120,14 @@ impl Set {
     /// Whether two definitions differ in anything but their elements (then the set must be
     /// recreated, as nft cannot change a set's type).
     fn same_shape(&self, other: &Set) -> bool {
+        let sorted = |flags: &[String]| {
+            let mut flags = flags.to_vec();
+            flags.sort();
+            flags
+        };
         self.key == other.key
             && self.value == other.value
-            && self.flags == other.flags
+            && sorted(&self.flags) == sorted(&other.flags)
             && self.timeout == other.timeout
     }
 
@@ -330,6 +335,28 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
             Some(_) => {}
         }
     }
+    // A set or chain can only be deleted once no rule refers to it: the chains that do are
+    // flushed first (and refilled below from `new`).
+    let referrers: BTreeSet<String> = old
+        .chains
+        .iter()
+        .filter(|(name, chain)| {
+            !recreated_chains.contains(*name)
+                && chain.rules.iter().any(|rule| {
+                    recreated_sets
+                        .iter()
+                        .any(|set| refers(rule, &format!("@{set}")))
+                        || recreated_chains.iter().any(|target| {
+                            refers(rule, &format!("jump {target}"))
+                                || refers(rule, &format!("goto {target}"))
+                        })
+                })
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &referrers {
+        let _ = writeln!(out, "flush chain {prefix} {name}");
+    }
     for name in &recreated_chains {
         let _ = writeln!(out, "flush chain {prefix} {name}");
         let _ = writeln!(out, "delete chain {prefix} {name}");
@@ -368,7 +395,7 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
         let before = old
             .chains
             .get(name)
-            .filter(|_| !recreated_chains.contains(name));
+            .filter(|_| !recreated_chains.contains(name) && !referrers.contains(name));
         if before.is_none_or(|b| b.rules != chain.rules) {
             if before.is_none() && chain.rules.is_empty() {
                 continue;
@@ -401,19 +428,28 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
         .filter(|(name, _)| !new.chains.contains_key(*name))
         .collect();
     for (name, chain) in &stale {
-        if !chain.rules.is_empty() {
+        if !chain.rules.is_empty() && !referrers.contains(*name) {
             let _ = writeln!(out, "flush chain {prefix} {name}");
         }
     }
-    for (name, _) in &stale {
-        let _ = writeln!(out, "delete chain {prefix} {name}");
-    }
+    // Stale maps go before stale chains: a map's elements may still name those chains.
     for (name, set) in &old.sets {
         if !new.sets.contains_key(name) {
             let _ = writeln!(out, "delete {} {prefix} {name}", set.kind());
         }
     }
+    for (name, _) in &stale {
+        let _ = writeln!(out, "delete chain {prefix} {name}");
+    }
     Ok(out)
+}
+
+/// Whether `rule` mentions `token` as a whole word (`@affinity-x`, not `@affinity-xy`).
+fn refers(rule: &str, token: &str) -> bool {
+    rule.match_indices(token).any(|(at, _)| {
+        let after = rule[at + token.len()..].chars().next();
+        after.is_none_or(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')))
+    })
 }
 
 /// Applies a transaction.
@@ -571,7 +607,18 @@ mod tests {
         let mut retyped = old.clone();
         retyped.sets.get_mut("services").unwrap().flags = vec!["interval".into()];
         let script = diff(&old, &retyped).unwrap();
-        assert!(script.starts_with("delete map inet netd-proxy services\nadd map inet netd-proxy services { type ipv4_addr . inet_proto . inet_service : verdict; flags interval; }\n"), "{script}");
+        // The chain whose rule uses the map is flushed before the map goes, and refilled after.
+        assert_eq!(
+            script,
+            "flush chain inet netd-proxy prerouting\n\
+             delete map inet netd-proxy services\n\
+             add map inet netd-proxy services { type ipv4_addr . inet_proto . inet_service : verdict; flags interval; }\n\
+             add element inet netd-proxy services { 10.96.0.1 . tcp . 80 : goto svc-a }\n\
+             flush chain inet netd-proxy prerouting\n\
+             add rule inet netd-proxy prerouting ip daddr . meta l4proto . th dport vmap @services\n"
+        );
+        assert!(!refers("update @affinity-xy { ip saddr }", "@affinity-x"));
+        assert!(refers("update @affinity-x { ip saddr }", "@affinity-x"));
     }
 
     #[test]

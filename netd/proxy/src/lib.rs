@@ -390,9 +390,16 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
         )
     };
 
-    // Endpoint chains, and affinity sets, for every endpoint either policy uses.
+    // Which policy chains exist: the Cluster one unless only Local cluster-IP traffic uses
+    // the service (kube-proxy's UsesClusterEndpoints), the Local one when a policy is Local.
+    let external = !external_ips.is_empty() || node_port.is_some();
+    let uses_cluster = !svc.internal_local || external;
+    let uses_local = !local.is_empty() && (svc.internal_local || (svc.external_local && external));
+    // Endpoint chains, and affinity sets, for every endpoint those chains use.
     let mut used: BTreeMap<String, Endpoint> = BTreeMap::new();
-    for e in cluster.iter().chain(local.iter()) {
+    let cluster_used: &[Endpoint] = if uses_cluster { &cluster } else { &[] };
+    let local_used: &[Endpoint] = if uses_local { &local } else { &[] };
+    for e in cluster_used.iter().chain(local_used) {
         used.insert(endpoint_chain(e), e.clone());
     }
     for (name, e) in &used {
@@ -452,11 +459,13 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
         })
     };
     let masquerade_rule = cluster_ips.first().and_then(outside);
-    t.chains.insert(
-        service_chain.clone(),
-        policy(masquerade_rule.clone(), &cluster),
-    );
-    if !local.is_empty() && (svc.internal_local || svc.external_local) {
+    if uses_cluster {
+        t.chains.insert(
+            service_chain.clone(),
+            policy(masquerade_rule.clone(), &cluster),
+        );
+    }
+    if uses_local {
         t.chains.insert(
             local_chain.clone(),
             policy(masquerade_rule.filter(|_| svc.internal_local), &local),
@@ -491,7 +500,7 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
     }
 
     // External addresses and the NodePort go through the external chain.
-    if external_ips.is_empty() && node_port.is_none() {
+    if !external {
         return;
     }
     let mut external = Vec::new();

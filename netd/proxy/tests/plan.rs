@@ -230,3 +230,62 @@ fn changing_one_service_rewrites_only_its_own_chains_and_elements() {
     assert!(script.contains("numgen random mod 2"), "{script}");
     assert_eq!(netd_nft::diff(&after, &after).expect("diff"), "");
 }
+
+#[test]
+fn changes_to_one_service_apply_as_diffs_on_the_kernel() {
+    if !can_run() {
+        return;
+    }
+    // One service through the changes a user makes to it, each applied as a diff.
+    let base = || {
+        let mut s = service(
+            "web",
+            "10.96.0.20",
+            vec![ep("10.244.1.10", true), ep("10.244.2.10", false)],
+        );
+        s.node_port = Some(30090);
+        s
+    };
+    let mut steps = vec![base()];
+    let mut sticky = base();
+    sticky.affinity_timeout = Some(10800);
+    steps.push(sticky.clone());
+    sticky.affinity_timeout = Some(3600);
+    steps.push(sticky);
+    let mut local = base();
+    local.external_local = true;
+    steps.push(local.clone());
+    local.endpoints.retain(|e| !e.local);
+    steps.push(local);
+    let mut internal = base();
+    internal.internal_local = true;
+    internal.node_port = None;
+    steps.push(internal);
+    let mut empty = base();
+    empty.endpoints.clear();
+    steps.push(empty);
+    steps.push(base());
+    let ns = format!("proxystep{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    let result = std::panic::catch_unwind(|| {
+        let mut applied = plan(&node(), &steps[..1]);
+        nft_in(&ns, &netd_nft::render(&applied).expect("render")).expect("first");
+        for (i, step) in steps.iter().enumerate().skip(1) {
+            let table = plan(&node(), std::slice::from_ref(step));
+            let script = netd_nft::diff(&applied, &table).expect("diff");
+            nft_in(&ns, &script)
+                .unwrap_or_else(|e| panic!("step {i}: nft refused:\n{script}\n{e}"));
+            applied = table;
+        }
+    });
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
