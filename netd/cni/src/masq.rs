@@ -122,7 +122,7 @@ pub fn ensure(subnets: &[IpNet], direct: &[IpNet]) -> Result<()> {
 /// Applies `script` with `nft -f -`, as one atomic transaction.
 pub fn apply(script: &str) -> Result<()> {
     use netd_nft::{Applier, ApplyError, Nft};
-    Nft.apply(script).map_err(|err| match err {
+    Nft::default().apply(script).map_err(|err| match err {
         ApplyError::Spawn(err) => CniError::new(
             Code::System,
             format!("running nft for ipMasq (is nftables installed?): {err}"),

@@ -466,16 +466,36 @@ pub enum ApplyError {
     Refused { status: String, stderr: String },
 }
 
-/// The real applier: `nft -f -`, one atomic transaction per call.
-#[derive(Debug, Default)]
-pub struct Nft;
+/// The real applier: `nft -f -`, one atomic transaction per call, in this process's network
+/// namespace or (for tests and benchmarks) in a named one (`ip netns exec NAME nft -f -`).
+#[derive(Debug, Default, Clone)]
+pub struct Nft {
+    netns: Option<String>,
+}
+
+impl Nft {
+    /// Applies in the named network namespace (`/run/netns/NAME`).
+    pub fn in_netns(name: impl Into<String>) -> Nft {
+        Nft {
+            netns: Some(name.into()),
+        }
+    }
+}
 
 impl Applier for Nft {
     fn apply(&mut self, script: &str) -> Result<(), ApplyError> {
         if script.is_empty() {
             return Ok(());
         }
-        let mut child = Command::new("nft")
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name, "nft"]);
+                command
+            }
+            None => Command::new("nft"),
+        };
+        let mut child = command
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -46,28 +46,9 @@ impl Ns {
     }
 
     fn apply(&self, script: &str) {
-        // The applier runs nft in the namespace the process is in; `ip netns exec` puts it there.
-        let output = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(script.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("nft runs");
-        assert!(
-            output.status.success(),
-            "nft refused:\n{script}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if let Err(err) = Nft::in_netns(&self.0).apply(script) {
+            panic!("{err}\n{script}");
+        }
     }
 
     /// What the kernel holds: chain name to rule count, set name to elements (as nft prints them).
@@ -204,7 +185,7 @@ fn the_nft_applier_reports_what_nft_refused() {
         return;
     }
     // Outside any namespace of ours, a script nft rejects at parse time changes nothing.
-    let err = Nft
+    let err = Nft::default()
         .apply("add rule inet no-such-table no-such-chain frobnicate\n")
         .unwrap_err();
     assert!(

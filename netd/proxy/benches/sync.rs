@@ -5,10 +5,10 @@
 //!
 //! `cargo bench -p netd-proxy --bench sync [-- N...]` (default 1000 10000).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netd_nft::{Applier, Nft};
 use netd_proxy::{Endpoint, Node, Protocol, ServicePort, plan};
 
 fn main() {
@@ -133,24 +133,9 @@ fn cluster(n: u32) -> Vec<ServicePort> {
 
 fn apply(ns: &str, script: &str) -> Duration {
     let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write");
-    let output = child.wait_with_output().expect("wait");
-    assert!(
-        output.status.success(),
-        "nft refused: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if let Err(err) = Nft::in_netns(ns).apply(script) {
+        panic!("{err}");
+    }
     started.elapsed()
 }
 

@@ -5,8 +5,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use netd_nft::{Applier, Nft};
 use netd_proxy::{Endpoint, Node, Protocol, ServicePort, plan};
 
 fn node() -> Node {
@@ -147,25 +148,27 @@ fn can_run() -> bool {
     false
 }
 
-fn nft_in(ns: &str, script: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+/// A network namespace for one test, removed when dropped (also when the test fails).
+struct Ns(String);
+
+impl Ns {
+    fn new(prefix: &str) -> Ns {
+        let name = format!("{prefix}{}", std::process::id());
+        let added = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(added.expect("ip").success(), "ip netns add {name}");
+        Ns(name)
+    }
+
+    fn apply(&self, script: &str) -> Result<(), String> {
+        Nft::in_netns(&self.0)
+            .apply(script)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
@@ -174,34 +177,22 @@ fn the_kernel_accepts_every_plan_and_every_diff_between_them() {
     if !can_run() {
         return;
     }
-    let ns = format!("proxyplan{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip")
-            .success()
-    );
-    let result = std::panic::catch_unwind(|| {
-        let mut applied: Option<netd_nft::Table> = None;
-        for (name, services) in scenarios() {
-            let table = plan(&node(), &services);
-            let full = netd_nft::render(&table).expect("render");
-            nft_in(&ns, &full)
-                .unwrap_or_else(|e| panic!("{name}: nft refused the full script:\n{e}"));
-            // And the way there from the previous scenario, as one transaction.
-            if let Some(before) = &applied {
-                nft_in(&ns, &netd_nft::render(before).expect("render")).expect("back");
-                let step = netd_nft::diff(before, &table).expect("diff");
-                nft_in(&ns, &step)
-                    .unwrap_or_else(|e| panic!("{name}: nft refused the diff:\n{step}\n{e}"));
-            }
-            applied = Some(table);
+    let ns = Ns::new("proxyplan");
+    let mut applied: Option<netd_nft::Table> = None;
+    for (name, services) in scenarios() {
+        let table = plan(&node(), &services);
+        let full = netd_nft::render(&table).expect("render");
+        ns.apply(&full)
+            .unwrap_or_else(|e| panic!("{name}: nft refused the full script:\n{e}"));
+        // And the way there from the previous scenario, as one transaction.
+        if let Some(before) = &applied {
+            ns.apply(&netd_nft::render(before).expect("render"))
+                .expect("back");
+            let step = netd_nft::diff(before, &table).expect("diff");
+            ns.apply(&step)
+                .unwrap_or_else(|e| panic!("{name}: nft refused the diff:\n{step}\n{e}"));
         }
-    });
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+        applied = Some(table);
     }
 }
 
@@ -265,27 +256,15 @@ fn changes_to_one_service_apply_as_diffs_on_the_kernel() {
     empty.endpoints.clear();
     steps.push(empty);
     steps.push(base());
-    let ns = format!("proxystep{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip")
-            .success()
-    );
-    let result = std::panic::catch_unwind(|| {
-        let mut applied = plan(&node(), &steps[..1]);
-        nft_in(&ns, &netd_nft::render(&applied).expect("render")).expect("first");
-        for (i, step) in steps.iter().enumerate().skip(1) {
-            let table = plan(&node(), std::slice::from_ref(step));
-            let script = netd_nft::diff(&applied, &table).expect("diff");
-            nft_in(&ns, &script)
-                .unwrap_or_else(|e| panic!("step {i}: nft refused:\n{script}\n{e}"));
-            applied = table;
-        }
-    });
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+    let ns = Ns::new("proxystep");
+    let mut applied = plan(&node(), &steps[..1]);
+    ns.apply(&netd_nft::render(&applied).expect("render"))
+        .expect("first");
+    for (i, step) in steps.iter().enumerate().skip(1) {
+        let table = plan(&node(), std::slice::from_ref(step));
+        let script = netd_nft::diff(&applied, &table).expect("diff");
+        ns.apply(&script)
+            .unwrap_or_else(|e| panic!("step {i}: nft refused:\n{script}\n{e}"));
+        applied = table;
     }
 }
