@@ -34,7 +34,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use crate::model::{ConvertError, EndpointSlice, Namespace, ObjectKey, Pod, Service};
+use crate::model::{ConvertError, EndpointSlice, Fields, Namespace, ObjectKey, Pod, Service};
 use crate::snapshot::{ClusterSnapshot, ObjectStore, Publisher};
 
 /// The resources this source lists and watches, as RBAC names them: `(apiGroup, resource)`.
@@ -101,6 +101,8 @@ pub struct KubeOptions {
     pub coalesce: Duration,
     /// Watcher page size for lists.
     pub page_size: u32,
+    /// What to keep beyond what DNS reads.
+    pub fields: Fields,
 }
 
 impl Default for KubeOptions {
@@ -110,6 +112,7 @@ impl Default for KubeOptions {
             pods: true,
             coalesce: Duration::from_millis(50),
             page_size: 500,
+            fields: Fields::default(),
         }
     }
 }
@@ -141,6 +144,8 @@ struct Stores {
     pods: BTreeMap<String, KindStore<Pod>>,
     /// Namespaces given on the command line (when Namespace objects are not watched).
     fixed_namespaces: Vec<String>,
+    /// What conversions keep.
+    fields: Fields,
     dirty: bool,
     /// When the unpublished changes happened.
     changed_at: Vec<SystemTime>,
@@ -211,7 +216,7 @@ trait Kind:
 {
     type Model: PartialEq + Send + Sync + 'static;
     const NAME: &'static str;
-    fn convert(&self) -> Result<Self::Model, ConvertError>;
+    fn convert(&self, fields: Fields) -> Result<Self::Model, ConvertError>;
     fn key(m: &Self::Model) -> ObjectKey;
     fn stores(s: &mut Stores) -> &mut BTreeMap<String, KindStore<Self::Model>>;
     /// When the change behind this object began, if the object says.
@@ -223,7 +228,7 @@ trait Kind:
 impl Kind for core::Namespace {
     type Model = Namespace;
     const NAME: &'static str = "Namespace";
-    fn convert(&self) -> Result<Namespace, ConvertError> {
+    fn convert(&self, _: Fields) -> Result<Namespace, ConvertError> {
         Namespace::try_from(self)
     }
     fn key(m: &Namespace) -> ObjectKey {
@@ -237,8 +242,8 @@ impl Kind for core::Namespace {
 impl Kind for core::Service {
     type Model = Service;
     const NAME: &'static str = "Service";
-    fn convert(&self) -> Result<Service, ConvertError> {
-        Service::try_from(self)
+    fn convert(&self, fields: Fields) -> Result<Service, ConvertError> {
+        Service::convert(self, fields)
     }
     fn key(m: &Service) -> ObjectKey {
         m.key()
@@ -251,8 +256,8 @@ impl Kind for core::Service {
 impl Kind for disc::EndpointSlice {
     type Model = EndpointSlice;
     const NAME: &'static str = "EndpointSlice";
-    fn convert(&self) -> Result<EndpointSlice, ConvertError> {
-        EndpointSlice::try_from(self)
+    fn convert(&self, fields: Fields) -> Result<EndpointSlice, ConvertError> {
+        EndpointSlice::convert(self, fields)
     }
     fn key(m: &EndpointSlice) -> ObjectKey {
         m.key()
@@ -273,7 +278,7 @@ impl Kind for disc::EndpointSlice {
 impl Kind for core::Pod {
     type Model = Pod;
     const NAME: &'static str = "Pod";
-    fn convert(&self) -> Result<Pod, ConvertError> {
+    fn convert(&self, _: Fields) -> Result<Pod, ConvertError> {
         Pod::try_from(self)
     }
     fn key(m: &Pod) -> ObjectKey {
@@ -285,8 +290,12 @@ impl Kind for core::Pod {
 }
 
 /// Applies one watcher event to its store. Returns true when something DNS-visible changed.
-fn apply_event<K: Kind>(store: &mut KindStore<K::Model>, ev: watcher::Event<K>) -> bool {
-    let convert = |obj: &K| match obj.convert() {
+fn apply_event<K: Kind>(
+    store: &mut KindStore<K::Model>,
+    ev: watcher::Event<K>,
+    fields: Fields,
+) -> bool {
+    let convert = |obj: &K| match obj.convert(fields) {
         Ok(m) => Some(m),
         Err(e) => {
             // Once per bad version of an object: a watcher repeats nothing unless it changes.
@@ -391,8 +400,9 @@ async fn run_kind<K: Kind>(api: Api<K>, cfg: watcher::Config, scope: String, sha
         };
         let done = matches!(ev, watcher::Event::InitDone);
         let mut stores = shared.stores();
+        let fields = stores.fields;
         let store = K::stores(&mut stores).entry(scope.clone()).or_default();
-        let changed = apply_event(store, ev);
+        let changed = apply_event(store, ev, fields);
         if done {
             tracing::debug!(kind = K::NAME, scope = %scope, objects = store.objects.len(), "listed");
         }
@@ -410,7 +420,10 @@ async fn run_kind<K: Kind>(api: Api<K>, cfg: watcher::Config, scope: String, sha
 pub fn watch_api(client: Client, opts: KubeOptions) -> watch::Receiver<Arc<ClusterSnapshot>> {
     let (publisher, rx) = Publisher::new();
     let shared = Arc::new(Shared {
-        stores: Mutex::new(Stores::default()),
+        stores: Mutex::new(Stores {
+            fields: opts.fields,
+            ..Stores::default()
+        }),
         wake: Notify::new(),
     });
     let cfg = watcher::Config::default().page_size(opts.page_size);
@@ -529,36 +542,56 @@ mod tests {
     #[test]
     fn relists_are_buffered_and_swapped_whole() {
         let mut st = KindStore::<Service>::default();
-        assert!(!apply_event(&mut st, watcher::Event::<core::Service>::Init));
         assert!(!apply_event(
             &mut st,
-            watcher::Event::InitApply(svc("x", "10.0.0.1", "1"))
+            watcher::Event::<core::Service>::Init,
+            Fields::default()
+        ));
+        assert!(!apply_event(
+            &mut st,
+            watcher::Event::InitApply(svc("x", "10.0.0.1", "1")),
+            Fields::default()
         ));
         assert!(st.objects.is_empty(), "nothing visible before InitDone");
         assert!(
-            apply_event(&mut st, watcher::Event::<core::Service>::InitDone),
+            apply_event(
+                &mut st,
+                watcher::Event::<core::Service>::InitDone,
+                Fields::default()
+            ),
             "first list completes"
         );
         assert_eq!(st.objects.len(), 1);
 
         // A relist that sees the same objects changes nothing.
-        apply_event(&mut st, watcher::Event::<core::Service>::Init);
+        apply_event(
+            &mut st,
+            watcher::Event::<core::Service>::Init,
+            Fields::default(),
+        );
         apply_event(
             &mut st,
             watcher::Event::InitApply(svc("x", "10.0.0.1", "9")),
+            Fields::default(),
         );
         assert_eq!(st.objects.len(), 1, "old objects stay while relisting");
         assert!(!apply_event(
             &mut st,
-            watcher::Event::<core::Service>::InitDone
+            watcher::Event::<core::Service>::InitDone,
+            Fields::default()
         ));
 
         // A relist missing an object drops it at InitDone, not before.
-        apply_event(&mut st, watcher::Event::<core::Service>::Init);
+        apply_event(
+            &mut st,
+            watcher::Event::<core::Service>::Init,
+            Fields::default(),
+        );
         assert_eq!(st.objects.len(), 1);
         assert!(apply_event(
             &mut st,
-            watcher::Event::<core::Service>::InitDone
+            watcher::Event::<core::Service>::InitDone,
+            Fields::default()
         ));
         assert!(st.objects.is_empty());
     }
@@ -568,34 +601,51 @@ mod tests {
         let mut st = KindStore::<Service>::default();
         assert!(apply_event(
             &mut st,
-            watcher::Event::Apply(svc("x", "10.0.0.1", "1"))
+            watcher::Event::Apply(svc("x", "10.0.0.1", "1")),
+            Fields::default()
         ));
         // Same stripped object, new resourceVersion (say a label changed): not a change.
         assert!(!apply_event(
             &mut st,
-            watcher::Event::Apply(svc("x", "10.0.0.1", "2"))
+            watcher::Event::Apply(svc("x", "10.0.0.1", "2")),
+            Fields::default()
         ));
         assert!(apply_event(
             &mut st,
-            watcher::Event::Apply(svc("x", "10.0.0.2", "3"))
+            watcher::Event::Apply(svc("x", "10.0.0.2", "3")),
+            Fields::default()
         ));
         // Does not convert: ignored, previous version kept.
         assert!(!apply_event(
             &mut st,
-            watcher::Event::Apply(svc("x", "bogus", "4"))
+            watcher::Event::Apply(svc("x", "bogus", "4")),
+            Fields::default()
         ));
         assert_eq!(
             st.objects[&ObjectKey::new("a", "x")].cluster_ips[0].to_string(),
             "10.0.0.2"
         );
         // And through a relist too.
-        apply_event(&mut st, watcher::Event::<core::Service>::Init);
-        apply_event(&mut st, watcher::Event::InitApply(svc("x", "bogus", "5")));
-        apply_event(&mut st, watcher::Event::<core::Service>::InitDone);
+        apply_event(
+            &mut st,
+            watcher::Event::<core::Service>::Init,
+            Fields::default(),
+        );
+        apply_event(
+            &mut st,
+            watcher::Event::InitApply(svc("x", "bogus", "5")),
+            Fields::default(),
+        );
+        apply_event(
+            &mut st,
+            watcher::Event::<core::Service>::InitDone,
+            Fields::default(),
+        );
         assert_eq!(st.objects.len(), 1);
         assert!(apply_event(
             &mut st,
-            watcher::Event::Delete(svc("x", "bogus", "6"))
+            watcher::Event::Delete(svc("x", "bogus", "6")),
+            Fields::default()
         ));
         assert!(st.objects.is_empty());
     }

@@ -30,7 +30,7 @@ use k8s_openapi::api::discovery::v1 as disc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{EndpointSlice, Namespace, Object, Pod, Service};
+use crate::model::{EndpointSlice, Fields, Namespace, Object, Pod, Service};
 use crate::snapshot::{ClusterSnapshot, ObjectStore, Publisher};
 
 /// A problem with one file or one document in it.
@@ -96,8 +96,14 @@ fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-/// Parses the text of one manifest file. `file` is only used in error messages.
+/// Parses the text of one manifest file, keeping what DNS reads. `file` is only used in error
+/// messages.
 pub fn parse_manifest(file: &Path, text: &str) -> Parsed {
+    parse_manifest_with(file, text, Fields::default())
+}
+
+/// [`parse_manifest`], keeping `fields` as well.
+pub fn parse_manifest_with(file: &Path, text: &str, fields: Fields) -> Parsed {
     let err = |document, reason: String| ManifestError {
         file: file.to_path_buf(),
         document,
@@ -139,14 +145,14 @@ pub fn parse_manifest(file: &Path, text: &str) -> Parsed {
                 continue;
             };
             for (i, item) in items.iter().enumerate() {
-                match convert_value(item.clone(), list_item_kind(kind)) {
+                match convert_value(item.clone(), list_item_kind(kind), fields) {
                     Ok(Some(obj)) => out.objects.push(obj),
                     Ok(None) => {}
                     Err(reason) => out.errors.push(err(Some((d, Some(i))), reason)),
                 }
             }
         } else {
-            match convert_value(doc, None) {
+            match convert_value(doc, None, fields) {
                 Ok(Some(obj)) => out.objects.push(obj),
                 Ok(None) => {}
                 Err(reason) => out.errors.push(err(Some((d, None)), reason)),
@@ -171,6 +177,7 @@ fn list_item_kind(list_kind: &str) -> Option<(&'static str, &'static str)> {
 fn convert_value(
     mut doc: Value,
     default_kind: Option<(&'static str, &'static str)>,
+    fields: Fields,
 ) -> Result<Option<Object>, String> {
     let Some(map) = doc.as_object_mut() else {
         return Err("not a Kubernetes object (expected a mapping with apiVersion and kind)".into());
@@ -201,10 +208,11 @@ fn convert_value(
                 .map_err(|e| e.to_string())?,
         ),
         ("v1", "Service") => Object::Service(
-            Service::try_from(&typed::<core::Service>(doc, &kind)?).map_err(|e| e.to_string())?,
+            Service::convert(&typed::<core::Service>(doc, &kind)?, fields)
+                .map_err(|e| e.to_string())?,
         ),
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(
-            EndpointSlice::try_from(&typed::<disc::EndpointSlice>(doc, &kind)?)
+            EndpointSlice::convert(&typed::<disc::EndpointSlice>(doc, &kind)?, fields)
                 .map_err(|e| e.to_string())?,
         ),
         ("v1", "Pod") => {
@@ -244,6 +252,7 @@ pub struct ScanReport {
 pub struct ManifestsDir {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    fields: Fields,
 }
 
 impl ManifestsDir {
@@ -264,7 +273,14 @@ impl ManifestsDir {
         Ok(Self {
             root,
             files: BTreeMap::new(),
+            fields: Fields::default(),
         })
+    }
+
+    /// Keeps `fields` as well as what DNS reads, from the next scan on.
+    pub fn with_fields(mut self, fields: Fields) -> Self {
+        self.fields = fields;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -334,7 +350,7 @@ impl ManifestsDir {
             }
             report.files_read += 1;
             let parsed = match std::str::from_utf8(&bytes) {
-                Ok(text) => parse_manifest(&path, text),
+                Ok(text) => parse_manifest_with(&path, text, self.fields),
                 Err(e) => Parsed {
                     objects: vec![],
                     errors: vec![ManifestError {
@@ -395,6 +411,8 @@ pub struct WatchOptions {
     pub debounce: Duration,
     /// A full rescan this often, for filesystems whose events do not arrive.
     pub rescan: Duration,
+    /// What to keep beyond what DNS reads.
+    pub fields: Fields,
 }
 
 impl Default for WatchOptions {
@@ -402,6 +420,7 @@ impl Default for WatchOptions {
         Self {
             debounce: Duration::from_millis(100),
             rescan: Duration::from_secs(5),
+            fields: Fields::default(),
         }
     }
 }
@@ -423,7 +442,7 @@ pub fn watch_dir(
 ) -> Result<watch::Receiver<Arc<ClusterSnapshot>>, SourceError> {
     use notify::Watcher;
 
-    let mut dir = ManifestsDir::open(root)?;
+    let mut dir = ManifestsDir::open(root)?.with_fields(opts.fields);
     let (publisher, rx) = Publisher::new();
 
     // Start watching before the first scan so no change slips between the two.

@@ -45,6 +45,21 @@ pub struct ConvertError {
     pub reason: String,
 }
 
+/// What a consumer needs kept beyond what DNS reads. Fields nobody asked for are neither
+/// parsed nor stored, so the DNS server pays no memory for the node daemons' fields, and a bad
+/// value in a field a consumer does not read never costs it the object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// What the service proxy routes by: node ports, external and load-balancer addresses,
+    /// session affinity, traffic policies, and each endpoint's node.
+    pub traffic: bool,
+}
+
+impl Fields {
+    /// What the service proxy reads.
+    pub const TRAFFIC: Fields = Fields { traffic: true };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     pub name: String,
@@ -103,6 +118,27 @@ pub struct ServicePort {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
+    /// `nodePort` of a NodePort or LoadBalancer service ([`Fields::traffic`] only).
+    pub node_port: Option<u16>,
+}
+
+/// How a Service's traffic is routed: kept only with [`Fields::traffic`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTraffic {
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`, except ingresses with `ipMode: Proxy` (the load
+    /// balancer proxies to the node, so the address must not be captured on the node).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `sessionAffinity: ClientIP`, with `sessionAffinityConfig.clientIP.timeoutSeconds`
+    /// (default 10800).
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `spec.loadBalancerSourceRanges`, as written.
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +155,8 @@ pub struct Service {
     /// The target of an ExternalName service, without a trailing dot.
     pub external_name: Option<String>,
     pub publish_not_ready_addresses: bool,
+    /// Routing fields, with [`Fields::traffic`]; `None` otherwise.
+    pub traffic: Option<Box<ServiceTraffic>>,
 }
 
 impl Service {
@@ -159,6 +197,8 @@ pub struct Endpoint {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub target_ref: Option<TargetRef>,
+    /// `nodeName` ([`Fields::traffic`] only).
+    pub node_name: Option<Box<str>>,
 }
 
 impl Endpoint {
@@ -325,6 +365,16 @@ impl TryFrom<&core::Service> for Service {
     type Error = ConvertError;
 
     fn try_from(svc: &core::Service) -> Result<Self, Self::Error> {
+        Service::convert(svc, Fields::default())
+    }
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+impl Service {
+    /// Converts a Service, keeping what `fields` asks for beyond DNS.
+    pub fn convert(svc: &core::Service, fields: Fields) -> Result<Self, ConvertError> {
         let meta = Meta::of("Service", &svc.metadata, true)?;
         let default_spec = core::ServiceSpec::default();
         let spec = svc.spec.as_ref().unwrap_or(&default_spec);
@@ -373,12 +423,27 @@ impl TryFrom<&core::Service> for Service {
             let protocol = Protocol::parse(p.protocol.as_deref())
                 .map_err(|e| meta.err(format!("spec.ports[{i}]: {e}")))?;
             let port = parse_port(&meta, &format!("spec.ports[{i}].port"), p.port)?;
+            let node_port = match p.node_port {
+                Some(n)
+                    if fields.traffic
+                        && matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) =>
+                {
+                    Some(parse_port(&meta, &format!("spec.ports[{i}].nodePort"), n)?)
+                }
+                _ => None,
+            };
             ports.push(ServicePort {
                 name: p.name.clone().unwrap_or_default(),
                 protocol,
                 port,
+                node_port,
             });
         }
+        let traffic = if fields.traffic && type_ != ServiceType::ExternalName {
+            Some(Box::new(service_traffic(&meta, svc, spec, type_)?))
+        } else {
+            None
+        };
 
         let external_name = if type_ == ServiceType::ExternalName {
             let name = spec
@@ -404,14 +469,95 @@ impl TryFrom<&core::Service> for Service {
             ports,
             external_name,
             publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+            traffic,
         })
     }
+}
+
+fn service_traffic(
+    meta: &Meta,
+    svc: &core::Service,
+    spec: &core::ServiceSpec,
+    type_: ServiceType,
+) -> Result<ServiceTraffic, ConvertError> {
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.push(parse_ip(meta, &format!("spec.externalIPs[{i}]"), ip)?);
+    }
+    let mut load_balancer_ips = Vec::new();
+    if type_ == ServiceType::LoadBalancer {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            // An ingress with only a hostname has no address to capture.
+            let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue;
+            };
+            let ip = parse_ip(meta, &format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
+            if ing.ip_mode.as_deref() != Some("Proxy") {
+                load_balancer_ips.push(ip);
+            }
+        }
+    }
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            Some(match t {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(t @ 1..=86400) => t as u32,
+                Some(t) => {
+                    return Err(meta.err(format!(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds {t} is not in 1..86400"
+                    )));
+                }
+            })
+        }
+        Some(other) => {
+            return Err(meta.err(format!(
+                "spec.sessionAffinity {other:?} is not None or ClientIP"
+            )));
+        }
+    };
+    let policy = |field: &str, value: Option<&str>| match value {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(meta.err(format!("spec.{field} {other:?} is not Cluster or Local"))),
+    };
+    Ok(ServiceTraffic {
+        external_ips,
+        load_balancer_ips,
+        affinity_timeout,
+        external_local: policy(
+            "externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?,
+        internal_local: policy(
+            "internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?,
+        source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
+    })
 }
 
 impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
     type Error = ConvertError;
 
     fn try_from(slice: &disc::EndpointSlice) -> Result<Self, Self::Error> {
+        EndpointSlice::convert(slice, Fields::default())
+    }
+}
+
+impl EndpointSlice {
+    /// Converts an EndpointSlice, keeping what `fields` asks for beyond DNS.
+    pub fn convert(slice: &disc::EndpointSlice, fields: Fields) -> Result<Self, ConvertError> {
         let meta = Meta::of("EndpointSlice", &slice.metadata, true)?;
         let address_type = match slice.address_type.as_str() {
             "IPv4" => AddressType::V4,
@@ -488,6 +634,11 @@ impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
                 serving: conditions.and_then(|c| c.serving),
                 terminating: conditions.and_then(|c| c.terminating),
                 target_ref,
+                node_name: ep
+                    .node_name
+                    .as_deref()
+                    .filter(|n| fields.traffic && !n.is_empty())
+                    .map(Box::from),
             });
         }
 
@@ -624,6 +775,96 @@ mod tests {
         assert!(
             e.to_string().contains("does not match addressType IPv6"),
             "{e}"
+        );
+    }
+
+    fn traffic(v: serde_json::Value) -> Result<Service, ConvertError> {
+        let s: core::Service = serde_json::from_value(v).expect("valid Service JSON");
+        Service::convert(&s, Fields::TRAFFIC)
+    }
+
+    #[test]
+    fn traffic_fields_are_kept_only_when_asked() {
+        let v = json!({
+            "metadata": {"name": "lb", "namespace": "ns"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.5",
+                     "ports": [{"port": 80, "nodePort": 30080}],
+                     "externalIPs": ["192.0.2.7"],
+                     "sessionAffinity": "ClientIP",
+                     "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+                     "loadBalancerSourceRanges": ["198.51.100.0/24"]},
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.1"}, {"hostname": "lb.example"},
+                {"ip": "203.0.113.2", "ipMode": "Proxy"}]}}
+        });
+        let dns = svc(v.clone()).expect("converts");
+        assert_eq!(dns.traffic, None);
+        assert_eq!(dns.ports[0].node_port, None);
+
+        let s = traffic(v).expect("converts");
+        assert_eq!(s.ports[0].node_port, Some(30080));
+        let t = s.traffic.expect("kept");
+        assert_eq!(t.external_ips, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+        // The hostname-only ingress has no address; the Proxy-mode one is not captured.
+        assert_eq!(
+            t.load_balancer_ips,
+            vec!["203.0.113.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(t.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+        assert!(t.external_local && t.internal_local);
+        assert_eq!(t.source_ranges, vec!["198.51.100.0/24".to_string()]);
+
+        // A nodePort on a ClusterIP service is not one.
+        let c = traffic(json!({"metadata": {"name": "c"},
+            "spec": {"clusterIP": "10.0.0.6", "ports": [{"port": 80, "nodePort": 30081}]}}))
+        .expect("converts");
+        assert_eq!(c.ports[0].node_port, None);
+    }
+
+    #[test]
+    fn bad_traffic_fields_are_named_but_never_cost_dns_the_service() {
+        for (spec, field) in [
+            (json!({"externalIPs": ["nope"]}), "spec.externalIPs[0]"),
+            (
+                json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+                "timeoutSeconds 0",
+            ),
+            (json!({"sessionAffinity": "Sticky"}), "spec.sessionAffinity"),
+            (
+                json!({"externalTrafficPolicy": "Nearest"}),
+                "spec.externalTrafficPolicy",
+            ),
+            (
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 0}]}),
+                "spec.ports[0].nodePort",
+            ),
+        ] {
+            let v = json!({"metadata": {"name": "s"}, "spec": spec});
+            let e = traffic(v.clone()).expect_err("bad field");
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+            svc(v).expect("DNS does not read the field");
+        }
+    }
+
+    #[test]
+    fn endpoint_node_name_is_kept_only_when_asked() {
+        let s: disc::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "ns"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.1"], "nodeName": "node-a"}]
+        }))
+        .expect("valid");
+        assert_eq!(
+            EndpointSlice::try_from(&s).expect("converts").endpoints[0].node_name,
+            None
+        );
+        assert_eq!(
+            EndpointSlice::convert(&s, Fields::TRAFFIC)
+                .expect("converts")
+                .endpoints[0]
+                .node_name
+                .as_deref(),
+            Some("node-a")
         );
     }
 

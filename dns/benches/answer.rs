@@ -48,9 +48,11 @@ fn cluster(namespaces: u32, services: u32, endpoints: u32) -> ClusterSnapshot {
                     name: "http".into(),
                     protocol: Protocol::Tcp,
                     port: 80,
+                    node_port: None,
                 }],
                 external_name: None,
                 publish_not_ready_addresses: false,
+                traffic: None,
             };
             let eps = (0..endpoints)
                 .map(|_| {
@@ -67,6 +69,7 @@ fn cluster(namespaces: u32, services: u32, endpoints: u32) -> ClusterSnapshot {
                         serving: Some(true),
                         terminating: Some(false),
                         target_ref: None,
+                        node_name: None,
                     }
                 })
                 .collect();

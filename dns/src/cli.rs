@@ -249,22 +249,16 @@ impl ServeArgs {
                 return Err(UsageError::Namespace(ns.clone()));
             }
         }
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        let source = match (self.manifests, self.kubeconfig) {
-            (Some(dir), _) => Source::Manifests {
-                dir,
-                watch: Default::default(),
+        let source = Source::from_flags(
+            self.manifests,
+            self.kubeconfig,
+            discovery::kubernetes::KubeOptions {
+                namespaces: self.namespaces.clone(),
+                pods: self.pods == PodMode::Verified,
+                ..Default::default()
             },
-            (None, kubeconfig) if kubeconfig.is_some() || in_cluster => Source::Kubernetes {
-                kubeconfig,
-                options: discovery::kubernetes::KubeOptions {
-                    namespaces: self.namespaces.clone(),
-                    pods: self.pods == PodMode::Verified,
-                    ..Default::default()
-                },
-            },
-            (None, _) => return Err(UsageError::NoSource),
-        };
+        )
+        .ok_or(UsageError::NoSource)?;
         let zone = self
             .cluster_domain
             .trim_end_matches('.')
@@ -405,12 +399,7 @@ pub fn main() -> ExitCode {
             eprintln!("clusterdns: error: {}", error_chain(&e));
             if e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 ExitCode::from(EXIT_DATAERR)
-            } else if e
-                .downcast_ref::<discovery::manifests::SourceError>()
-                .is_some()
-                || e.downcast_ref::<discovery::kubernetes::ClientError>()
-                    .is_some()
-            {
+            } else if e.downcast_ref::<discovery::StartError>().is_some() {
                 ExitCode::from(EXIT_NOINPUT)
             } else {
                 ExitCode::FAILURE

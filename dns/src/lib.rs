@@ -27,7 +27,6 @@ pub mod view;
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,20 +39,7 @@ pub use metrics::Metrics;
 pub use server::{Server, ServerConfig};
 pub use view::{DnsView, PodMode, ViewConfig};
 
-/// Where the cluster comes from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// A watched directory of manifests.
-    Manifests {
-        dir: PathBuf,
-        watch: discovery::manifests::WatchOptions,
-    },
-    /// The Kubernetes API, from a kubeconfig file or (`None`) the pod's service account.
-    Kubernetes {
-        kubeconfig: Option<PathBuf>,
-        options: discovery::kubernetes::KubeOptions,
-    },
-}
+pub use discovery::Source;
 
 /// Everything `clusterdns serve` needs, validated.
 #[derive(Debug, Clone)]
@@ -134,16 +120,7 @@ impl Running {
 /// answers (cluster names that would be NXDOMAIN get SERVFAIL until it has synced, or until
 /// `startup_timeout`). Must be called inside a tokio runtime.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
-    let mut snapshots = match &cfg.source {
-        Source::Manifests { dir, watch } => discovery::manifests::watch_dir(dir, watch.clone())?,
-        Source::Kubernetes {
-            kubeconfig,
-            options,
-        } => {
-            let client = discovery::kubernetes::client(kubeconfig.as_deref()).await?;
-            discovery::kubernetes::watch_api(client, options.clone())
-        }
-    };
+    let mut snapshots = cfg.source.start().await?;
     // The config first: a bad file stops the start before anything listens.
     let reloader = match &cfg.forward {
         Some(src) => Some(Arc::new(reload::Reloader::load(src.clone())?)),

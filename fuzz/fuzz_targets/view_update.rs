@@ -54,9 +54,11 @@ fn change(store: &mut ObjectStore, input: &mut Bytes<'_>) -> Option<()> {
                     name: ["", "http", "dns"][usize::from(b >> 4) % 3].into(),
                     protocol: [Protocol::Tcp, Protocol::Udp][usize::from(b >> 6) % 2],
                     port: u16::from(b % 5),
+                    node_port: None,
                 }],
                 external_name: None,
                 publish_not_ready_addresses: a & 0x40 != 0,
+                traffic: None,
             };
             match op >> 3 & 3 {
                 1 => {
@@ -88,6 +90,7 @@ fn change(store: &mut ObjectStore, input: &mut Bytes<'_>) -> Option<()> {
                     serving: None,
                     terminating: None,
                     target_ref: None,
+                    node_name: None,
                 })
                 .collect();
             store.insert(Object::EndpointSlice(EndpointSlice {

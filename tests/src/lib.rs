@@ -403,6 +403,7 @@ pub async fn start_server(
         watch: discovery::manifests::WatchOptions {
             debounce: Duration::from_millis(50),
             rescan: Duration::from_secs(5),
+            ..Default::default()
         },
     });
     tweak(&mut cfg);

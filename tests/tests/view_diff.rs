@@ -101,6 +101,7 @@ impl World {
             ports: Vec::new(),
             external_name: None,
             publish_not_ready_addresses: self.rng.u8(..8) == 0,
+            traffic: None,
         };
         match kind {
             0 => {
@@ -135,6 +136,7 @@ impl World {
                 name: self.pick(&["", "http", "dns", "metrics"]).to_string(),
                 protocol: [Protocol::Tcp, Protocol::Udp, Protocol::Sctp][self.rng.usize(..3)],
                 port: self.rng.u16(1..5),
+                node_port: None,
             });
         }
         svc
@@ -161,6 +163,7 @@ impl World {
                     namespace: "x".into(),
                     name: format!("pod-{}", self.rng.u8(..4)),
                 }),
+                node_name: None,
             });
         }
         EndpointSlice {
@@ -399,9 +402,11 @@ fn big_service(i: u32) -> (Service, EndpointSlice) {
             name: "http".into(),
             protocol: Protocol::Tcp,
             port: 80,
+            node_port: None,
         }],
         external_name: None,
         publish_not_ready_addresses: false,
+        traffic: None,
     };
     let endpoints = (0..5u32)
         .map(|e| {
@@ -413,6 +418,7 @@ fn big_service(i: u32) -> (Service, EndpointSlice) {
                 serving: None,
                 terminating: None,
                 target_ref: None,
+                node_name: None,
             }
         })
         .collect();
