@@ -1,201 +1,20 @@
-//! Test hosts in network namespaces, and a runner for a CNI plugin inside one.
+//! A runner for a CNI plugin on a node made of network namespaces.
 //!
 //! A test builds a [`Node`]: a namespace playing the node (where the plugin runs, as a runtime
 //! would run it), an outside host behind it on 192.0.2.0/24 and 2001:db8::/64 (which has no
 //! route back to the pods, so only masqueraded traffic gets answers), and pods as namespaces
-//! added with the plugin. Every namespace is removed when its guard drops, also on failure.
-//!
-//! Traffic is real: a thread moves into a namespace with `setns` and opens a TCP listener or
-//! connection there.
+//! added with the plugin. The namespaces and traffic helpers are `netd-testnet`'s.
 
 #![allow(dead_code)] // Each test file uses its own part of the support.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
 
-use nix::sched::{CloneFlags, setns};
+#[allow(unused_imports)] // The benchmark uses the node only.
+pub use netd_testnet::{Listener, Ns, can_run, connect, sh};
 use serde_json::{Value, json};
-
-/// Whether this machine can run the namespace tests: root, `ip` and `nft`. Outside CI a missing
-/// piece skips the test with one line saying why; with `CI=true` it fails instead.
-pub fn can_run(also: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    if uid.ok() != Some(0) {
-        missing.push("root".to_string());
-    }
-    for tool in ["ip", "nft"] {
-        if !Command::new(tool)
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            missing.push(tool.to_string());
-        }
-    }
-    for path in also {
-        if !Path::new(path).exists() {
-            missing.push((*path).to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "needs {} (apt-get install iproute2 nftables containernetworking-plugins)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
-    }
-    eprintln!("SKIP: {why}");
-    false
-}
-
-/// Runs a command that must succeed, returning its stdout.
-pub fn sh(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace, removed on drop.
-#[derive(Debug)]
-pub struct Ns {
-    pub name: String,
-}
-
-impl Ns {
-    pub fn new(role: &str) -> Ns {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("cni{}-{n}-{role}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        sh(&[
-            "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
-        ]);
-        Ns { name }
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// Runs a command inside this namespace; it must succeed.
-    pub fn sh(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// `ip -j ARGS` inside the namespace, parsed.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["ip", "-j"];
-        full.extend_from_slice(args);
-        serde_json::from_str(&self.sh(&full)).expect("ip -j prints JSON")
-    }
-
-    /// Removes the namespace now (a pod whose runtime tore it down before DEL).
-    pub fn remove(self) {}
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Runs `f` on a thread inside the namespace at `path`.
-fn in_ns<T: Send + 'static>(
-    path: String,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
-/// A TCP listener in a namespace that answers one connection with "hello from <addr>" and
-/// reports the client's address it saw.
-pub struct Listener {
-    pub port: u16,
-    peer: mpsc::Receiver<SocketAddr>,
-}
-
-impl Listener {
-    pub fn start(ns: &Ns, bind: IpAddr) -> Listener {
-        let (port_tx, port_rx) = mpsc::channel();
-        let (peer_tx, peer_rx) = mpsc::channel();
-        in_ns(ns.path(), move || {
-            let listener = TcpListener::bind((bind, 0)).expect("bind in namespace");
-            port_tx
-                .send(listener.local_addr().expect("local addr").port())
-                .expect("send port");
-            while let Ok((mut stream, peer)) = listener.accept() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut line = String::new();
-                let _ = BufReader::new(&stream).read_line(&mut line);
-                let _ = writeln!(stream, "hello from {bind}");
-                if peer_tx.send(peer).is_err() {
-                    break;
-                }
-            }
-        });
-        let port = port_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("listener started");
-        Listener {
-            port,
-            peer: peer_rx,
-        }
-    }
-
-    /// The client address of the next connection.
-    pub fn peer(&self) -> IpAddr {
-        self.peer
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a connection arrived")
-            .ip()
-    }
-}
-
-/// Connects from a namespace; the server's greeting or the error.
-pub fn connect(ns: &Ns, to: IpAddr, port: u16) -> Result<String, String> {
-    in_ns(ns.path(), move || {
-        let mut stream =
-            TcpStream::connect_timeout(&SocketAddr::new(to, port), Duration::from_secs(5))
-                .map_err(|err| format!("connect to {to}:{port}: {err}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        writeln!(stream, "hi").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        Ok(line.trim().to_string())
-    })
-    .join()
-    .expect("connect thread")
-}
 
 /// Which plugin a test runs: this one, or the reference `bridge` + `host-local` from Debian's
 /// containernetworking-plugins (which stop at CNI 1.0.0).
