@@ -126,6 +126,7 @@ fn cluster(n: u32) -> Vec<ServicePort> {
             affinity_timeout: None,
             external_local: false,
             internal_local: false,
+            source_ranges: None,
             endpoints: (0..10).map(|j| endpoint(i, j, j == 0)).collect(),
         })
         .collect()

@@ -16,6 +16,9 @@
 //!        no-endpoint-services / no-endpoint-nodeports ─▶ reject (or drop under Local policy)
 //!        cluster-ips-check: a cluster IP on a port the service does not define ─▶ reject
 //!  nat-postrouting ─▶ masquerading: marked packets are masqueraded
+//!  filter prerouting / output, before DNAT (ct state new):
+//!        firewall-check: a load-balancer IP with loadBalancerSourceRanges ─▶ firewall-…:
+//!                        drop sources outside the ranges
 //! ```
 //!
 //! The planner is pure: the same input gives the same table, and `netd_nft::diff` turns two
@@ -82,6 +85,9 @@ pub struct ServicePort {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `loadBalancerSourceRanges`: when set, only these sources may reach the load-balancer
+    /// IPs (an empty list lets none through).
+    pub source_ranges: Option<Vec<IpNet>>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -196,6 +202,7 @@ fn fixed(t: &mut Table, node: &Node) {
     let mut endpoints_check = Vec::new();
     let mut nodeports_check = Vec::new();
     let mut cluster_ips_check = Vec::new();
+    let mut firewall_check = Vec::new();
     for fam in [Fam::V4, Fam::V6] {
         let (p, s, a) = (fam.proto(), fam.suffix(), fam.addr_type());
         t.sets.insert(format!("cluster-ips-{s}"), Set::of(a));
@@ -211,6 +218,8 @@ fn fixed(t: &mut Table, node: &Node) {
             format!("no-endpoint-services-{s}"),
             Set::map(&key, "verdict"),
         );
+        t.sets
+            .insert(format!("firewall-ips-{s}"), Set::map(&key, "verdict"));
         t.sets.insert(
             format!("service-nodeports-{s}"),
             Set::map("inet_proto . inet_service", "verdict"),
@@ -232,6 +241,9 @@ fn fixed(t: &mut Table, node: &Node) {
             "{p} daddr @nodeport-ips-{s} meta l4proto . th dport vmap @no-endpoint-nodeports-{s}"
         ));
         cluster_ips_check.push(format!("{p} daddr @cluster-ips-{s} reject"));
+        firewall_check.push(format!(
+            "{p} daddr . meta l4proto . th dport vmap @firewall-ips-{s}"
+        ));
     }
     let chain = |rules: Vec<String>| Chain { hook: None, rules };
     t.chains.insert("services".into(), chain(services));
@@ -241,6 +253,8 @@ fn fixed(t: &mut Table, node: &Node) {
         .insert("nodeport-endpoints-check".into(), chain(nodeports_check));
     t.chains
         .insert("cluster-ips-check".into(), chain(cluster_ips_check));
+    t.chains
+        .insert("firewall-check".into(), chain(firewall_check));
     t.chains
         .insert("reject-chain".into(), chain(vec!["reject".into()]));
     t.chains.insert(
@@ -285,6 +299,16 @@ fn fixed(t: &mut Table, node: &Node) {
             "0",
             vec![new("service-endpoints-check"), new("cluster-ips-check")],
         ),
+    );
+    // Before DNAT (dstnat is -100), so the firewall sees the load-balancer IP.
+    let pre_dnat = || vec![new("firewall-check")];
+    t.chains.insert(
+        "filter-prerouting-pre-dnat".into(),
+        base_chain("filter", "prerouting", "-110", pre_dnat()),
+    );
+    t.chains.insert(
+        "filter-output-pre-dnat".into(),
+        base_chain("filter", "output", "-110", pre_dnat()),
     );
     t.chains.insert(
         "nat-prerouting".into(),
@@ -344,6 +368,7 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
         svc.name,
         port_label(svc)
     );
+    firewall(t, node, svc, fam, &base);
     let cluster = usable(&endpoints);
     let local_candidates: Vec<&Endpoint> = endpoints.iter().copied().filter(|e| e.local).collect();
     let local = usable(&local_candidates);
@@ -561,6 +586,58 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
                 format!("no-endpoint-nodeports-{s}"),
                 key,
                 "drop".to_string(),
+            );
+        }
+    }
+}
+
+/// `loadBalancerSourceRanges`: traffic to the load-balancer IPs from outside the ranges is
+/// dropped before DNAT. As in kube-proxy, when a range holds a node address the load-balancer
+/// IPs are allowed as sources too (a node that has the IP as a local address reaches it from
+/// that address).
+fn firewall(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam, base: &str) {
+    let Some(ranges) = &svc.source_ranges else {
+        return;
+    };
+    let lb_ips: Vec<&IpAddr> = svc
+        .load_balancer_ips
+        .iter()
+        .filter(|ip| Fam::of(ip) == fam)
+        .collect();
+    if lb_ips.is_empty() {
+        return;
+    }
+    let ranges: Vec<&IpNet> = ranges
+        .iter()
+        .filter(|r| Fam::of(&r.addr()) == fam)
+        .collect();
+    let mut sources: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+    if node
+        .ips
+        .iter()
+        .any(|ip| ranges.iter().any(|r| r.contains(ip)))
+    {
+        sources.extend(lb_ips.iter().map(ToString::to_string));
+    }
+    let p = fam.proto();
+    let rule = if sources.is_empty() {
+        "drop".to_string()
+    } else {
+        format!("{p} saddr != {{ {} }} drop", sources.join(", "))
+    };
+    let name = chain_name("firewall", base);
+    t.chains.insert(
+        name.clone(),
+        Chain {
+            hook: None,
+            rules: vec![rule],
+        },
+    );
+    if let Some(map) = t.sets.get_mut(&format!("firewall-ips-{}", fam.suffix())) {
+        for ip in lb_ips {
+            map.elements.insert(
+                element_key(ip, svc.protocol, svc.port),
+                format!("goto {name}"),
             );
         }
     }

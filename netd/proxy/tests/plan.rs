@@ -48,6 +48,7 @@ fn service(name: &str, cluster_ip: &str, endpoints: Vec<Endpoint>) -> ServicePor
         affinity_timeout: None,
         external_local: false,
         internal_local: false,
+        source_ranges: None,
         endpoints,
     }
 }
@@ -84,6 +85,13 @@ fn scenarios() -> Vec<(&'static str, Vec<ServicePort>)> {
     );
     dual.cluster_ips
         .push("fd00:10:96::16".parse().expect("address"));
+    let mut ranges = nodeport.clone();
+    ranges.name = "ranges".into();
+    ranges.source_ranges = Some(vec![
+        "198.51.100.0/24".parse().expect("range"),
+        // Holds the node's address: the load-balancer IP becomes an allowed source too.
+        "192.0.2.0/24".parse().expect("range"),
+    ]);
     let mut udp = service("dns", "10.96.0.10", two());
     udp.protocol = Protocol::Udp;
     udp.port = 53;
@@ -102,6 +110,7 @@ fn scenarios() -> Vec<(&'static str, Vec<ServicePort>)> {
         ("terminating-fallback", vec![terminating]),
         ("dual-stack", vec![dual]),
         ("udp", vec![udp]),
+        ("source-ranges", vec![ranges]),
     ]
 }
 
