@@ -24,6 +24,10 @@
 //! The planner is pure: the same input gives the same table, and `netd_nft::diff` turns two
 //! tables into the one transaction that moves from the first to the second.
 
+pub mod cli;
+pub mod daemon;
+pub mod services;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 

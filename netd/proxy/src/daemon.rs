@@ -1,0 +1,347 @@
+//! The `netd-proxy` daemon: snapshots in, one nftables transaction per change out.
+//!
+//! ```text
+//!  discovery (Fields::TRAFFIC) ─watch─▶ service_ports ─▶ plan ─▶ diff(applied, wanted) ─▶ nft -f -
+//!                                                                  │ after a failure: render (whole)
+//!                                                                  └▶ stale UDP conntrack entries deleted
+//! ```
+//!
+//! Nothing is programmed before discovery has listed everything once, so a restart never
+//! empties a working ruleset. A failed transaction changes nothing (nft applies all or
+//! nothing); the next attempt rewrites the whole table, after a backoff, even without a new
+//! snapshot.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netd_nft::{Applier, Nft, Table};
+
+use crate::services::{StaleFlow, service_ports, stale_udp_flows};
+use crate::{Node, ServicePort, TABLE, plan};
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: discovery::Source,
+    /// Which endpoints are this node's (`nodeName`).
+    pub node_name: String,
+    pub node: Node,
+    /// Remove the table on SIGTERM instead of leaving the rules in place.
+    pub cleanup_on_exit: bool,
+    /// Set the forwarding and bridge sysctls at start.
+    pub sysctls: bool,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Source(#[from] discovery::StartError),
+    #[error("setting {path}: {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("nft: {0}")]
+    Nft(String),
+}
+
+/// The sysctls bridged pod traffic needs: forwarding, and bridged packets through nftables
+/// (so that a reply from a pod to a pod on the same bridge meets its conntrack entry and is
+/// un-NATed).
+const SYSCTLS: [(&str, bool); 4] = [
+    ("/proc/sys/net/ipv4/ip_forward", true),
+    ("/proc/sys/net/ipv6/conf/all/forwarding", true),
+    ("/proc/sys/net/bridge/bridge-nf-call-iptables", false),
+    ("/proc/sys/net/bridge/bridge-nf-call-ip6tables", false),
+];
+
+fn set_sysctls() -> Result<(), StartError> {
+    for (path, required) in SYSCTLS {
+        if !Path::new(path).exists() && !required {
+            tracing::warn!(
+                path,
+                "missing: load br_netfilter (modprobe br_netfilter), or pod-to-service \
+                 traffic between pods on one bridge is not un-NATed"
+            );
+            continue;
+        }
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|source| StartError::Sysctl {
+            path: path.to_string(),
+            source,
+        })?;
+        tracing::info!(path, "set to 1");
+    }
+    Ok(())
+}
+
+/// Runs until `shutdown` resolves. Returns an error only when the daemon cannot start.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    if Command::new("nft").arg("-v").output().is_err() {
+        return Err(StartError::Nft(
+            "the nft binary is not on PATH (apt-get install nftables)".into(),
+        ));
+    }
+    if cfg.sysctls {
+        set_sysctls()?;
+    }
+    let conntrack = Command::new("conntrack").arg("-V").output().is_ok();
+    if !conntrack {
+        tracing::warn!(
+            "conntrack is not on PATH (apt-get install conntrack): UDP flows to removed \
+             endpoints are not cleared"
+        );
+    }
+    let mut snapshots = cfg.source.start().await?;
+    tokio::pin!(shutdown);
+    let mut syncer = Syncer {
+        node_name: cfg.node_name.clone(),
+        node: cfg.node.clone(),
+        applied: None,
+        last_ports: None,
+        warnings: BTreeSet::new(),
+        conntrack,
+        failures: 0,
+    };
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        if snap.synced {
+            retry_at = match syncer.sync(&snap).await {
+                Ok(()) => None,
+                Err(backoff) => Some(tokio::time::Instant::now() + backoff),
+            };
+        } else {
+            tracing::debug!(
+                generation = snap.generation,
+                "waiting for discovery to list everything"
+            );
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    tracing::error!("discovery stopped; keeping the rules in place");
+                    break;
+                }
+            }
+            () = retry => {}
+            () = &mut shutdown => break,
+        }
+    }
+    if cfg.cleanup_on_exit {
+        let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
+        match tokio::task::spawn_blocking(move || Nft::default().apply(&script)).await {
+            Ok(Ok(())) => tracing::info!(table = TABLE, "removed the table"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not remove the table"),
+            Err(e) => tracing::error!(error = %e, "could not remove the table"),
+        }
+    } else {
+        tracing::info!(table = TABLE, "stopping; the rules stay in place");
+    }
+    Ok(())
+}
+
+struct Syncer {
+    node_name: String,
+    node: Node,
+    /// The table as the kernel has it, when the last transaction succeeded.
+    applied: Option<Arc<Table>>,
+    /// The Service ports last programmed, for conntrack cleanup.
+    last_ports: Option<Vec<ServicePort>>,
+    /// Warnings already logged, so each is logged once while it lasts.
+    warnings: BTreeSet<String>,
+    conntrack: bool,
+    failures: u32,
+}
+
+impl Syncer {
+    /// Programs `snap`. On failure returns how long to wait before the next attempt.
+    async fn sync(&mut self, snap: &discovery::ClusterSnapshot) -> Result<(), Duration> {
+        let started = Instant::now();
+        let mapped = service_ports(snap, &self.node_name);
+        let warnings: BTreeSet<String> = mapped.warnings.into_iter().collect();
+        for w in warnings.difference(&self.warnings) {
+            tracing::warn!("{w}");
+        }
+        self.warnings = warnings;
+        let table = Arc::new(plan(&self.node, &mapped.ports));
+        let planned = started.elapsed();
+        let script = match &self.applied {
+            Some(old) => netd_nft::diff(old, &table),
+            None => netd_nft::render(&table),
+        };
+        let script = match script {
+            Ok(s) => s,
+            Err(e) => {
+                // A name the planner made is not valid nft: a bug, not a passing failure.
+                tracing::error!(error = %e, "the planned table is not valid; not applied");
+                return Err(self.failed());
+            }
+        };
+        let full = self.applied.is_none();
+        let lines = script.lines().count();
+        let result = tokio::task::spawn_blocking(move || Nft::default().apply(&script)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "nft transaction failed; the table is unchanged, retrying with a full rewrite");
+                self.applied = None;
+                return Err(self.failed());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "nft transaction failed");
+                self.applied = None;
+                return Err(self.failed());
+            }
+        }
+        self.failures = 0;
+        let counts = table.counts();
+        tracing::info!(
+            generation = snap.generation,
+            services = mapped.ports.len(),
+            full,
+            lines,
+            chains = counts.chains,
+            rules = counts.rules,
+            elements = counts.elements,
+            plan_ms = planned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "synced"
+        );
+        self.applied = Some(table);
+        if let Some(old) = &self.last_ports {
+            let stale = stale_udp_flows(old, &mapped.ports);
+            if !stale.is_empty() && self.conntrack {
+                let _ = tokio::task::spawn_blocking(move || clear_conntrack(&stale)).await;
+            }
+        }
+        self.last_ports = Some(mapped.ports);
+        Ok(())
+    }
+
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(500 << self.failures.min(6)).min(Duration::from_secs(30))
+    }
+}
+
+/// The `conntrack -D` arguments for one stale flow, per family it can be in.
+pub fn conntrack_args(flow: &StaleFlow) -> Vec<Vec<String>> {
+    let families: Vec<&str> = match (flow.dst, flow.endpoint) {
+        (Some(ip), _) | (None, Some(ip)) => vec![family(&ip)],
+        (None, None) => vec!["ipv4", "ipv6"],
+    };
+    families
+        .into_iter()
+        .map(|f| {
+            let mut args: Vec<String> = ["-D", "-f", f, "-p", "udp"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if let Some(dst) = flow.dst {
+                args.extend(["--orig-dst".into(), dst.to_string()]);
+            }
+            args.extend(["--orig-port-dst".into(), flow.port.to_string()]);
+            if let Some(ep) = flow.endpoint {
+                args.extend(["--reply-src".into(), ep.to_string()]);
+            }
+            args
+        })
+        .collect()
+}
+
+fn family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ipv4" } else { "ipv6" }
+}
+
+fn clear_conntrack(stale: &BTreeSet<StaleFlow>) {
+    for flow in stale {
+        for args in conntrack_args(flow) {
+            match Command::new("conntrack").args(&args).output() {
+                // Exit 1 with "0 flow entries have been deleted" is nothing to delete.
+                Ok(out) => {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    if out.status.success() || stderr.contains(" 0 flow entries") {
+                        tracing::debug!(?args, "{}", stderr.trim());
+                    } else {
+                        tracing::warn!(?args, "conntrack failed: {}", stderr.trim());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "conntrack could not run"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_arguments_per_flow() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let args = conntrack_args(&StaleFlow {
+            dst: Some(ip("fd00::10")),
+            port: 53,
+            endpoint: Some(ip("fd00:244::5")),
+        });
+        assert_eq!(
+            args,
+            [[
+                "-D",
+                "-f",
+                "ipv6",
+                "-p",
+                "udp",
+                "--orig-dst",
+                "fd00::10",
+                "--orig-port-dst",
+                "53",
+                "--reply-src",
+                "fd00:244::5"
+            ]]
+        );
+        // A NodePort's flows to any endpoint: both families.
+        let args = conntrack_args(&StaleFlow {
+            dst: None,
+            port: 30053,
+            endpoint: None,
+        });
+        assert_eq!(args.len(), 2);
+        assert_eq!(
+            args[1],
+            ["-D", "-f", "ipv6", "-p", "udp", "--orig-port-dst", "30053"]
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut s = Syncer {
+            node_name: String::new(),
+            node: Node::default(),
+            applied: None,
+            last_ports: None,
+            warnings: BTreeSet::new(),
+            conntrack: false,
+            failures: 0,
+        };
+        let waits: Vec<Duration> = (0..10).map(|_| s.failed()).collect();
+        assert_eq!(waits[0], Duration::from_secs(1));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(waits[9], Duration::from_secs(30));
+    }
+}
