@@ -111,6 +111,17 @@ fn scenarios() -> Vec<(&'static str, Vec<ServicePort>)> {
         ("dual-stack", vec![dual]),
         ("udp", vec![udp]),
         ("source-ranges", vec![ranges]),
+        // More endpoints than a cascade takes: an anonymous verdict map.
+        (
+            "many-endpoints",
+            vec![service(
+                "big",
+                "10.96.0.17",
+                (0..=netd_proxy::CASCADE_MAX)
+                    .map(|i| ep(&format!("10.244.3.{}", i + 1), false))
+                    .collect(),
+            )],
+        ),
     ]
 }
 
