@@ -139,6 +139,9 @@ pub struct ServiceTraffic {
     pub internal_local: bool,
     /// `spec.loadBalancerSourceRanges`, as written.
     pub source_ranges: Vec<String>,
+    /// Addresses that were skipped, each naming its field (the rest of the Service is kept,
+    /// as kube-proxy drops such entries one at a time).
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -480,9 +483,17 @@ fn service_traffic(
     spec: &core::ServiceSpec,
     type_: ServiceType,
 ) -> Result<ServiceTraffic, ConvertError> {
+    let mut problems = Vec::new();
+    let mut address = |field: String, text: &str| {
+        let ip = parse_ip_sloppy(text);
+        if ip.is_none() {
+            problems.push(format!("{field} {text:?} is not an IP address; skipped"));
+        }
+        ip
+    };
     let mut external_ips = Vec::new();
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        external_ips.push(parse_ip(meta, &format!("spec.externalIPs[{i}]"), ip)?);
+        external_ips.extend(address(format!("spec.externalIPs[{i}]"), ip));
     }
     let mut load_balancer_ips = Vec::new();
     if type_ == ServiceType::LoadBalancer {
@@ -496,9 +507,9 @@ fn service_traffic(
             let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
                 continue;
             };
-            let ip = parse_ip(meta, &format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
+            let ip = address(format!("status.loadBalancer.ingress[{i}].ip"), ip);
             if ing.ip_mode.as_deref() != Some("Proxy") {
-                load_balancer_ips.push(ip);
+                load_balancer_ips.extend(ip);
             }
         }
     }
@@ -544,7 +555,29 @@ fn service_traffic(
             spec.internal_traffic_policy.as_deref(),
         )?,
         source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
+        problems,
     })
+}
+
+/// An address as the API server stores it: also IPv4 with leading zeros (`010.0.0.1` is
+/// 10.0.0.1, as Kubernetes' `ParseIPSloppy` reads it; older API servers accepted them).
+pub fn parse_ip_sloppy(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 4
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    for (o, p) in octets.iter_mut().zip(parts) {
+        *o = p.parse().ok()?;
+    }
+    Some(IpAddr::from(octets))
 }
 
 impl TryFrom<&disc::EndpointSlice> for EndpointSlice {
@@ -824,7 +857,6 @@ mod tests {
     #[test]
     fn bad_traffic_fields_are_named_but_never_cost_dns_the_service() {
         for (spec, field) in [
-            (json!({"externalIPs": ["nope"]}), "spec.externalIPs[0]"),
             (
                 json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
                 "timeoutSeconds 0",
@@ -844,6 +876,23 @@ mod tests {
             assert!(e.to_string().contains(field), "{e} should name {field}");
             svc(v).expect("DNS does not read the field");
         }
+    }
+
+    #[test]
+    fn a_bad_address_is_skipped_and_named_keeping_the_service() {
+        let s = traffic(json!({"metadata": {"name": "s"},
+            "spec": {"type": "LoadBalancer", "externalIPs": ["nope", "010.000.0.1", "192.0.2.1"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3"}, {"ip": "203.0.113.1"}]}}}))
+        .expect("converts");
+        let t = s.traffic.expect("kept");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(t.external_ips, [ip("10.0.0.1"), ip("192.0.2.1")]);
+        assert_eq!(t.load_balancer_ips, [ip("203.0.113.1")]);
+        assert_eq!(t.problems.len(), 2, "{:?}", t.problems);
+        assert!(t.problems[0].starts_with("spec.externalIPs[0] \"nope\""));
+        assert!(t.problems[1].starts_with("status.loadBalancer.ingress[0].ip \"1.2.3\""));
+        assert_eq!(parse_ip_sloppy("256.0.0.1"), None);
+        assert_eq!(parse_ip_sloppy("1.2.3.4.5"), None);
     }
 
     #[test]

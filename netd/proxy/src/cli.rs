@@ -103,16 +103,9 @@ impl Args {
                 return Err(UsageError::Cidr(*cidr, cidr.trunc()));
             }
         }
-        let source = discovery::Source::from_flags(
-            self.manifests,
-            self.kubeconfig,
-            discovery::kubernetes::KubeOptions {
-                pods: false,
-                ..Default::default()
-            },
-        )
-        .ok_or(UsageError::NoSource)?
-        .with_fields(discovery::Fields::TRAFFIC);
+        let source = discovery::Source::from_flags(self.manifests, self.kubeconfig, kube_options())
+            .ok_or(UsageError::NoSource)?
+            .with_fields(discovery::Fields::TRAFFIC);
         let mut ips = self.node_ips;
         ips.sort();
         ips.dedup();
@@ -126,6 +119,16 @@ impl Args {
             cleanup_on_exit: self.cleanup_on_exit,
             sysctls: !self.no_sysctls,
         })
+    }
+}
+
+/// What the proxy watches in the Kubernetes API: Namespaces, Services and EndpointSlices (not
+/// Pods), keeping the traffic fields.
+pub fn kube_options() -> discovery::kubernetes::KubeOptions {
+    discovery::kubernetes::KubeOptions {
+        pods: false,
+        fields: discovery::Fields::TRAFFIC,
+        ..Default::default()
     }
 }
 
@@ -198,6 +201,8 @@ pub fn main() -> ExitCode {
         crate::daemon::run(cfg, shutdown).await?;
         Ok(())
     });
+    // A conntrack cleanup still running is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,8 @@
 //! ```text
 //!  discovery (Fields::TRAFFIC) ─watch─▶ service_ports ─▶ plan ─▶ diff(applied, wanted) ─▶ nft -f -
 //!                                                                  │ after a failure: render (whole)
-//!                                                                  └▶ stale UDP conntrack entries deleted
+//!                                       conntrack cleaner (own task) ◀─ ports applied last
+//!                                       conntrack -L, stale UDP entries deleted
 //! ```
 //!
 //! Nothing is programmed before discovery has listed everything once, so a restart never
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use netd_nft::{Applier, Nft, Table};
 
-use crate::services::{StaleFlow, service_ports, stale_udp_flows};
-use crate::{Node, ServicePort, TABLE, plan};
+use crate::services::{UdpEntry, parse_conntrack, service_ports, stale_udp_entries};
+use crate::{Node, Protocol, ServicePort, TABLE, plan};
 
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
@@ -37,11 +38,13 @@ pub struct Config {
     pub sysctls: bool,
 }
 
-/// Why the daemon could not start.
+/// Why the daemon could not start, or stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Source(#[from] discovery::StartError),
+    #[error("discovery stopped; the rules are left as they were")]
+    DiscoveryStopped,
     #[error("setting {path}: {source}")]
     Sysctl {
         path: String,
@@ -102,15 +105,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     let mut snapshots = cfg.source.start().await?;
     tokio::pin!(shutdown);
+    let (cleaner, programmed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    if conntrack {
+        tokio::spawn(clean_conntrack(programmed, cfg.node.ips.clone()));
+    }
     let mut syncer = Syncer {
         node_name: cfg.node_name.clone(),
         node: cfg.node.clone(),
         applied: None,
-        last_ports: None,
         warnings: BTreeSet::new(),
-        conntrack,
+        cleaner,
         failures: 0,
     };
+    let mut outcome = Ok(());
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let snap = snapshots.borrow_and_update().clone();
@@ -134,7 +141,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    tracing::error!("discovery stopped; keeping the rules in place");
+                    outcome = Err(StartError::DiscoveryStopped);
                     break;
                 }
             }
@@ -152,7 +159,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         tracing::info!(table = TABLE, "stopping; the rules stay in place");
     }
-    Ok(())
+    outcome
 }
 
 struct Syncer {
@@ -160,11 +167,10 @@ struct Syncer {
     node: Node,
     /// The table as the kernel has it, when the last transaction succeeded.
     applied: Option<Arc<Table>>,
-    /// The Service ports last programmed, for conntrack cleanup.
-    last_ports: Option<Vec<ServicePort>>,
     /// Warnings already logged, so each is logged once while it lasts.
     warnings: BTreeSet<String>,
-    conntrack: bool,
+    /// The Service ports programmed last, for the conntrack cleaner.
+    cleaner: tokio::sync::watch::Sender<Arc<Vec<ServicePort>>>,
     failures: u32,
 }
 
@@ -223,13 +229,7 @@ impl Syncer {
             "synced"
         );
         self.applied = Some(table);
-        if let Some(old) = &self.last_ports {
-            let stale = stale_udp_flows(old, &mapped.ports);
-            if !stale.is_empty() && self.conntrack {
-                let _ = tokio::task::spawn_blocking(move || clear_conntrack(&stale)).await;
-            }
-        }
-        self.last_ports = Some(mapped.ports);
+        self.cleaner.send_replace(Arc::new(mapped.ports));
         Ok(())
     }
 
@@ -239,46 +239,53 @@ impl Syncer {
     }
 }
 
-/// The `conntrack -D` arguments for one stale flow, per family it can be in.
-pub fn conntrack_args(flow: &StaleFlow) -> Vec<Vec<String>> {
-    let families: Vec<&str> = match (flow.dst, flow.endpoint) {
-        (Some(ip), _) | (None, Some(ip)) => vec![family(&ip)],
-        (None, None) => vec!["ipv4", "ipv6"],
-    };
-    families
-        .into_iter()
-        .map(|f| {
-            let mut args: Vec<String> = ["-D", "-f", f, "-p", "udp"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            if let Some(dst) = flow.dst {
-                args.extend(["--orig-dst".into(), dst.to_string()]);
-            }
-            args.extend(["--orig-port-dst".into(), flow.port.to_string()]);
-            if let Some(ep) = flow.endpoint {
-                args.extend(["--reply-src".into(), ep.to_string()]);
-            }
-            args
-        })
-        .collect()
+/// Deletes stale UDP conntrack entries after each sync, off the sync loop: a slow or large
+/// conntrack table never delays programming. Syncs that come while it works are coalesced.
+async fn clean_conntrack(
+    mut programmed: tokio::sync::watch::Receiver<Arc<Vec<ServicePort>>>,
+    node_ips: Vec<IpAddr>,
+) {
+    while programmed.changed().await.is_ok() {
+        let ports = Arc::clone(&programmed.borrow_and_update());
+        let node_ips = node_ips.clone();
+        let _ = tokio::task::spawn_blocking(move || clean_once(&ports, &node_ips)).await;
+    }
 }
 
-fn family(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() { "ipv4" } else { "ipv6" }
-}
-
-fn clear_conntrack(stale: &BTreeSet<StaleFlow>) {
-    for flow in stale {
-        for args in conntrack_args(flow) {
+fn clean_once(ports: &[ServicePort], node_ips: &[IpAddr]) {
+    if !ports.iter().any(|p| p.protocol == Protocol::Udp) {
+        return;
+    }
+    for family in ["ipv4", "ipv6"] {
+        let listing = match Command::new("conntrack")
+            .args(["-L", "-f", family, "-p", "udp"])
+            .output()
+        {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => {
+                tracing::warn!(
+                    family,
+                    "conntrack -L failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "conntrack could not run");
+                return;
+            }
+        };
+        let entries = parse_conntrack(&listing);
+        for entry in stale_udp_entries(&entries, ports, node_ips) {
+            let args = conntrack_delete_args(entry);
             match Command::new("conntrack").args(&args).output() {
-                // Exit 1 with "0 flow entries have been deleted" is nothing to delete.
                 Ok(out) => {
                     let stderr = String::from_utf8_lossy(&out.stderr);
+                    // The entry may have gone by itself since the listing.
                     if out.status.success() || stderr.contains(" 0 flow entries") {
-                        tracing::debug!(?args, "{}", stderr.trim());
+                        tracing::debug!(?entry, "stale UDP entry deleted");
                     } else {
-                        tracing::warn!(?args, "conntrack failed: {}", stderr.trim());
+                        tracing::warn!(?args, "conntrack -D failed: {}", stderr.trim());
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "conntrack could not run"),
@@ -287,44 +294,60 @@ fn clear_conntrack(stale: &BTreeSet<StaleFlow>) {
     }
 }
 
+/// The `conntrack -D` arguments that delete exactly `entry` (its original tuple).
+pub fn conntrack_delete_args(entry: &UdpEntry) -> Vec<String> {
+    let family = if entry.dst.is_ipv4() { "ipv4" } else { "ipv6" };
+    [
+        "-D",
+        "-f",
+        family,
+        "-p",
+        "udp",
+        "-s",
+        &entry.src.to_string(),
+        "-d",
+        &entry.dst.to_string(),
+        "--sport",
+        &entry.sport.to_string(),
+        "--dport",
+        &entry.dport.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn conntrack_arguments_per_flow() {
+    fn conntrack_deletes_exactly_one_entry() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let args = conntrack_args(&StaleFlow {
-            dst: Some(ip("fd00::10")),
-            port: 53,
-            endpoint: Some(ip("fd00:244::5")),
+        let args = conntrack_delete_args(&UdpEntry {
+            src: ip("fd00:244::20"),
+            dst: ip("fd00::10"),
+            sport: 40000,
+            dport: 53,
+            reply_src: ip("fd00:244::5"),
         });
         assert_eq!(
             args,
-            [[
+            [
                 "-D",
                 "-f",
                 "ipv6",
                 "-p",
                 "udp",
-                "--orig-dst",
+                "-s",
+                "fd00:244::20",
+                "-d",
                 "fd00::10",
-                "--orig-port-dst",
-                "53",
-                "--reply-src",
-                "fd00:244::5"
-            ]]
-        );
-        // A NodePort's flows to any endpoint: both families.
-        let args = conntrack_args(&StaleFlow {
-            dst: None,
-            port: 30053,
-            endpoint: None,
-        });
-        assert_eq!(args.len(), 2);
-        assert_eq!(
-            args[1],
-            ["-D", "-f", "ipv6", "-p", "udp", "--orig-port-dst", "30053"]
+                "--sport",
+                "40000",
+                "--dport",
+                "53"
+            ]
         );
     }
 
@@ -334,9 +357,8 @@ mod tests {
             node_name: String::new(),
             node: Node::default(),
             applied: None,
-            last_ports: None,
             warnings: BTreeSet::new(),
-            conntrack: false,
+            cleaner: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             failures: 0,
         };
         let waits: Vec<Duration> = (0..10).map(|_| s.failed()).collect();

@@ -143,15 +143,27 @@ impl Fam {
     }
 }
 
-/// kube-proxy's naming: a short hash keeps names unique when the readable part is cut.
+/// kube-proxy's naming: a short hash of `base` keeps names unique when the readable part is cut
+/// or, since nft names cannot hold `:`, when two IPv6 addresses read the same with `.` in its
+/// place (`::ffff:1.2.3.4` and `::ffff:1:2:3:4`).
 fn chain_name(prefix: &str, base: &str) -> String {
-    // FNV-1a: stable across releases, and only a tie-breaker next to the readable part.
+    // FNV-1a: stable across releases.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in base.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    let mut name = format!("{prefix}-{:08X}-{base}", hash >> 32);
+    // nft names hold letters, digits and `_-./`: anything else (a `:` of an IPv6 address, a
+    // port name the API would refuse) reads as `.` or `_`, and the hash keeps names apart.
+    let readable: String = base
+        .chars()
+        .map(|c| match c {
+            ':' => '.',
+            c if c.is_ascii_alphanumeric() || "_-./".contains(c) => c,
+            _ => '_',
+        })
+        .collect();
+    let mut name = format!("{prefix}-{:08X}-{readable}", hash >> 32);
     if name.len() > 237 {
         name.truncate(234);
         name.push_str("...");
@@ -406,18 +418,10 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
     let service_chain = chain_name("service", &base);
     let local_chain = chain_name("local", &base);
     let external_chain = chain_name("external", &base);
-    let endpoint_chain = |e: &Endpoint| {
-        chain_name(
-            "endpoint",
-            &format!("{base}__{}/{}", e.ip.to_string().replace(':', "."), e.port),
-        )
-    };
-    let affinity_set = |e: &Endpoint| {
-        chain_name(
-            "affinity",
-            &format!("{base}__{}/{}", e.ip.to_string().replace(':', "."), e.port),
-        )
-    };
+    let endpoint_chain =
+        |e: &Endpoint| chain_name("endpoint", &format!("{base}__{}/{}", e.ip, e.port));
+    let affinity_set =
+        |e: &Endpoint| chain_name("affinity", &format!("{base}__{}/{}", e.ip, e.port));
 
     // Which policy chains exist: the Cluster one unless only Local cluster-IP traffic uses
     // the service (kube-proxy's UsesClusterEndpoints), the Local one when a policy is Local.
@@ -460,7 +464,9 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
                 ));
             }
         }
-        rules.extend(spread(&endpoints.iter().map(endpoint_chain).collect::<Vec<_>>()));
+        rules.extend(spread(
+            &endpoints.iter().map(endpoint_chain).collect::<Vec<_>>(),
+        ));
         Chain { hook: None, rules }
     };
     // Traffic to a cluster IP from outside the pod network is masqueraded, so replies come back.
@@ -587,13 +593,21 @@ fn service_port(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam) {
 }
 
 /// `loadBalancerSourceRanges`: traffic to the load-balancer IPs from outside the ranges is
-/// dropped before DNAT. As in kube-proxy, when a range holds a node address the load-balancer
-/// IPs are allowed as sources too (a node that has the IP as a local address reaches it from
-/// that address).
+/// dropped before DNAT. As in kube-proxy, the ranges apply per family: a family without a
+/// range, or with a `/0`, is not guarded; and when a range holds a node address the
+/// load-balancer IPs are allowed as sources too (a node that has the IP as a local address
+/// reaches it from that address).
 fn firewall(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam, base: &str) {
     let Some(ranges) = &svc.source_ranges else {
         return;
     };
+    let ranges: Vec<&IpNet> = ranges
+        .iter()
+        .filter(|r| Fam::of(&r.addr()) == fam)
+        .collect();
+    if ranges.is_empty() || ranges.iter().any(|r| r.prefix_len() == 0) {
+        return;
+    }
     let lb_ips: Vec<&IpAddr> = svc
         .load_balancer_ips
         .iter()
@@ -602,10 +616,6 @@ fn firewall(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam, base: &str)
     if lb_ips.is_empty() {
         return;
     }
-    let ranges: Vec<&IpNet> = ranges
-        .iter()
-        .filter(|r| Fam::of(&r.addr()) == fam)
-        .collect();
     let mut sources: Vec<String> = ranges.iter().map(ToString::to_string).collect();
     if node
         .ips
@@ -614,18 +624,16 @@ fn firewall(t: &mut Table, node: &Node, svc: &ServicePort, fam: Fam, base: &str)
     {
         sources.extend(lb_ips.iter().map(ToString::to_string));
     }
-    let p = fam.proto();
-    let rule = if sources.is_empty() {
-        "drop".to_string()
-    } else {
-        format!("{p} saddr != {{ {} }} drop", sources.join(", "))
-    };
     let name = chain_name("firewall", base);
     t.chains.insert(
         name.clone(),
         Chain {
             hook: None,
-            rules: vec![rule],
+            rules: vec![format!(
+                "{} saddr != {{ {} }} drop",
+                fam.proto(),
+                sources.join(", ")
+            )],
         },
     );
     if let Some(map) = t.sets.get_mut(&format!("firewall-ips-{}", fam.suffix())) {
@@ -686,6 +694,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn source_ranges_guard_only_the_families_they_name() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let svc = |ranges: &[&str]| ServicePort {
+            namespace: "ns".into(),
+            name: "lb".into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            cluster_ips: vec![ip("10.96.0.1"), ip("fd00::1")],
+            external_ips: Vec::new(),
+            load_balancer_ips: vec![ip("203.0.113.1"), ip("2001:db8:ff::1")],
+            affinity_timeout: None,
+            external_local: false,
+            internal_local: false,
+            source_ranges: Some(ranges.iter().map(|r| r.parse().unwrap()).collect()),
+            endpoints: vec![Endpoint {
+                ip: ip("10.244.0.5"),
+                port: 80,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: true,
+            }],
+        };
+        let guarded = |ranges: &[&str]| {
+            let t = plan(&Node::default(), &[svc(ranges)]);
+            (
+                t.sets["firewall-ips-v4"].elements.len(),
+                t.sets["firewall-ips-v6"].elements.len(),
+            )
+        };
+        assert_eq!(guarded(&["198.51.100.0/24"]), (1, 0));
+        assert_eq!(guarded(&["198.51.100.0/24", "2001:db8:1::/48"]), (1, 1));
+        assert_eq!(guarded(&["0.0.0.0/0", "2001:db8:1::/48"]), (0, 1));
+        assert_eq!(guarded(&[]), (0, 0));
+    }
+
+    #[test]
     fn spread_cascades_then_falls_back_to_a_map() {
         let chains = |n: usize| (0..n).map(|i| format!("e{i}")).collect::<Vec<_>>();
         assert_eq!(spread(&chains(1)), ["goto e0"]);
@@ -713,6 +760,16 @@ mod tests {
         assert_eq!(a, chain_name("service", "v4/ns/web/tcp/http"));
         assert_ne!(a, chain_name("service", "v4/ns/web/tcp/https"));
         assert!(chain_name("endpoint", &"x".repeat(400)).len() <= 237);
+        let (mapped, hex) = (
+            chain_name("endpoint", "v6/ns/web/tcp/http__::ffff:1.2.3.4/80"),
+            chain_name("endpoint", "v6/ns/web/tcp/http__::ffff:1:2:3:4/80"),
+        );
+        assert_ne!(mapped, hex, "no ':' in names, and still two chains");
+        assert!(!mapped.contains(':'), "{mapped}");
+        // A port name the API would refuse still makes a valid, bounded name.
+        let odd = chain_name("service", &format!("v4/ns/web/tcp/{}", "é ;".repeat(100)));
+        assert!(odd.len() <= 237 && odd.is_ascii(), "{odd}");
+        assert!(!odd.contains(' ') && !odd.contains(';'), "{odd}");
     }
 
     #[test]

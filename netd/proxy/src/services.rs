@@ -3,7 +3,8 @@
 //!
 //! - A Service without a cluster IP (headless, ExternalName) is not proxied.
 //! - An endpoint belongs to a Service port when its slice names the same port name and
-//!   protocol; its first address is used, and an address seen in two slices counts once.
+//!   protocol; its first address is used, and an address seen in two slices counts once (the
+//!   copy that is not terminating, when one is).
 //! - `ready` and `serving` default to true when unset, `terminating` to false.
 //! - `externalTrafficPolicy: Local` applies only to services reachable from outside (NodePort,
 //!   LoadBalancer, or with externalIPs).
@@ -43,6 +44,10 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
         }
         let default = model::ServiceTraffic::default();
         let traffic = svc.traffic.as_deref().unwrap_or(&default);
+        for problem in &traffic.problems {
+            out.warnings
+                .push(format!("Service {}: {problem}", svc.key()));
+        }
         let externally_reachable =
             matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
                 || !traffic.external_ips.is_empty();
@@ -53,7 +58,7 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
                     Ok(net) => ranges.push(net.trunc()),
                     Err(_) => out.warnings.push(format!(
                         "Service {}: spec.loadBalancerSourceRanges[{i}] {text:?} is not a CIDR; \
-                         it allows no one",
+                         ignored",
                         svc.key()
                     )),
                 }
@@ -62,8 +67,8 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
         });
         let slices = snap.slices_of(svc);
         for port in &svc.ports {
-            let mut seen = BTreeSet::new();
-            let mut endpoints = Vec::new();
+            let mut seen: BTreeMap<(IpAddr, u16), usize> = BTreeMap::new();
+            let mut endpoints: Vec<Endpoint> = Vec::new();
             for slice in slices {
                 if slice.address_type == AddressType::Fqdn {
                     continue;
@@ -80,18 +85,25 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
                     let Some(ip) = ep.addresses.first().copied() else {
                         continue;
                     };
-                    if !seen.insert((ip, target)) {
-                        continue;
-                    }
-                    let ready = ep.is_ready();
-                    endpoints.push(Endpoint {
+                    let endpoint = Endpoint {
                         ip,
                         port: target,
-                        ready,
-                        serving: ep.serving.unwrap_or(ready),
+                        ready: ep.is_ready(),
+                        serving: ep.serving != Some(false),
                         terminating: ep.terminating == Some(true),
                         local: ep.node_name.as_deref() == Some(node_name),
-                    });
+                    };
+                    match seen.get(&(ip, target)) {
+                        // A reused address: the copy that is not terminating wins.
+                        Some(&i) if endpoints[i].terminating && !endpoint.terminating => {
+                            endpoints[i] = endpoint;
+                        }
+                        Some(_) => {}
+                        None => {
+                            seen.insert((ip, target), endpoints.len());
+                            endpoints.push(endpoint);
+                        }
+                    }
                 }
             }
             endpoints.sort_by_key(|e: &Endpoint| (e.ip, e.port));
@@ -116,85 +128,92 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
     out
 }
 
-/// What one UDP conntrack deletion matches: flows to `dst` (a service address) or, without
-/// one, to the NodePort `port` on any node address; to any endpoint, or only to `endpoint`.
+/// One UDP conntrack entry: the original direction's tuple, and the source of the reply
+/// direction (the endpoint, when the entry was DNATed).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StaleFlow {
-    pub dst: Option<IpAddr>,
-    pub port: u16,
-    pub endpoint: Option<IpAddr>,
+pub struct UdpEntry {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub reply_src: IpAddr,
 }
 
-/// The UDP conntrack entries to delete after moving from `old` to `new`, as kube-proxy does:
-/// UDP has no connection to end, so without this a client keeps sending to an endpoint that is
-/// gone, or (for a service that had no endpoint) keeps hitting the entry of its refused first
-/// packet, for as long as it keeps sending.
-///
-/// - An endpoint that served a UDP port and no longer does: its flows through every service
-///   address and the NodePort.
-/// - A UDP port that had no endpoint to serve it and now has: every flow to it.
-/// - A UDP port that is gone: every flow to it.
-pub fn stale_udp_flows(old: &[ServicePort], new: &[ServicePort]) -> BTreeSet<StaleFlow> {
-    let (old, new) = (udp_ports(old), udp_ports(new));
-    let serving = |p: &ServicePort| -> BTreeSet<IpAddr> {
-        p.endpoints
+/// Parses `conntrack -L -p udp` output; lines that are not UDP entries are skipped.
+pub fn parse_conntrack(text: &str) -> Vec<UdpEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next()? != "udp" {
+                return None;
+            }
+            let (mut src, mut dst, mut sport, mut dport, mut reply_src) =
+                (None, None, None, None, None);
+            for w in words {
+                let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                match k {
+                    "src" if src.is_none() => src = v.parse().ok(),
+                    "src" if reply_src.is_none() => reply_src = v.parse().ok(),
+                    "dst" if dst.is_none() => dst = v.parse().ok(),
+                    "sport" if sport.is_none() => sport = v.parse().ok(),
+                    "dport" if dport.is_none() => dport = v.parse().ok(),
+                    _ => {}
+                }
+            }
+            Some(UdpEntry {
+                src: src?,
+                dst: dst?,
+                sport: sport?,
+                dport: dport?,
+                reply_src: reply_src?,
+            })
+        })
+        .collect()
+}
+
+/// The UDP entries to delete, as kube-proxy's `CleanStaleEntries` decides: an entry to a
+/// service address and port (or to a node address and a NodePort) whose reply does not come
+/// from a serving endpoint of that port. UDP has no connection to end, so without this a
+/// client that keeps its source port keeps reaching an endpoint that is gone, or (when the
+/// service had no endpoint) keeps matching the entry of its refused first packet, which skips
+/// DNAT. It looks at the entries themselves, so it also covers what changed while the proxy
+/// was not running.
+pub fn stale_udp_entries<'e>(
+    entries: &'e [UdpEntry],
+    ports: &[ServicePort],
+    node_ips: &[IpAddr],
+) -> Vec<&'e UdpEntry> {
+    let mut serving: BTreeMap<(IpAddr, u16), BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut node_ports: BTreeMap<u16, BTreeSet<IpAddr>> = BTreeMap::new();
+    for p in ports.iter().filter(|p| p.protocol == Protocol::Udp) {
+        let eps: BTreeSet<IpAddr> = p
+            .endpoints
             .iter()
             .filter(|e| e.ready || (e.serving && e.terminating))
             .map(|e| e.ip)
-            .collect()
-    };
-    let mut out = BTreeSet::new();
-    let mut flush = |p: &ServicePort, endpoint: Option<IpAddr>| {
-        for dst in p
+            .collect();
+        for ip in p
             .cluster_ips
             .iter()
             .chain(&p.external_ips)
             .chain(&p.load_balancer_ips)
         {
-            out.insert(StaleFlow {
-                dst: Some(*dst),
-                port: p.port,
-                endpoint,
-            });
+            serving.entry((*ip, p.port)).or_default().extend(&eps);
         }
         if let Some(np) = p.node_port {
-            out.insert(StaleFlow {
-                dst: None,
-                port: np,
-                endpoint,
-            });
-        }
-    };
-    for (k, now) in &new {
-        let before = old.get(k).map(|p| serving(p)).unwrap_or_default();
-        let after = serving(now);
-        if before.is_empty() && !after.is_empty() {
-            flush(now, None);
-        }
-        for gone in before.difference(&after) {
-            flush(now, Some(*gone));
+            node_ports.entry(np).or_default().extend(&eps);
         }
     }
-    for (k, was) in &old {
-        if !new.contains_key(k) {
-            flush(was, None);
-        }
-    }
-    out
-}
-
-type PortKey<'a> = (&'a str, &'a str, &'a str);
-
-/// The UDP Service ports by namespace, name and port name.
-fn udp_ports(ports: &[ServicePort]) -> BTreeMap<PortKey<'_>, &ServicePort> {
-    ports
+    entries
         .iter()
-        .filter(|p| p.protocol == Protocol::Udp)
-        .map(|p| {
-            (
-                (p.namespace.as_str(), p.name.as_str(), p.port_name.as_str()),
-                p,
-            )
+        .filter(|e| {
+            let eps = serving.get(&(e.dst, e.dport)).or_else(|| {
+                node_ips
+                    .contains(&e.dst)
+                    .then(|| node_ports.get(&e.dport))
+                    .flatten()
+            });
+            eps.is_some_and(|eps| !eps.contains(&e.reply_src))
         })
         .collect()
 }
@@ -244,6 +263,7 @@ ports:
 endpoints:
 - {addresses: [10.244.0.11, 10.244.0.99], nodeName: node-a}
 - {addresses: [10.244.0.10], nodeName: node-b, conditions: {ready: false, terminating: true}}
+- {addresses: [10.244.0.12], nodeName: node-b, conditions: {ready: false, terminating: true}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -253,6 +273,7 @@ ports:
 - {name: http, port: 8080, protocol: TCP}
 endpoints:
 - {addresses: [10.244.0.11], nodeName: node-a}
+- {addresses: [10.244.0.12], nodeName: node-a}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -293,7 +314,8 @@ spec: {clusterIP: 10.96.0.11, externalTrafficPolicy: Local, ports: [{port: 80}],
         let http = &mapped.ports[1];
         assert_eq!(http.node_port, Some(30080));
         assert!(http.external_local);
-        // First address only, once across slices, the FQDN slice ignored, sorted.
+        // First address only, once across slices (the copy that is not terminating), the FQDN
+        // slice ignored, sorted.
         let eps: Vec<(IpAddr, u16, bool, bool, bool)> = http
             .endpoints
             .iter()
@@ -304,10 +326,11 @@ spec: {clusterIP: 10.96.0.11, externalTrafficPolicy: Local, ports: [{port: 80}],
             [
                 (ip("10.244.0.10"), 8080, false, true, false),
                 (ip("10.244.0.11"), 8080, true, false, true),
+                (ip("10.244.0.12"), 8080, true, false, true),
             ]
         );
-        // Unset serving follows ready.
-        assert!(!http.endpoints[0].serving && http.endpoints[1].serving);
+        // Unset serving means serving, as in kube-proxy.
+        assert!(http.endpoints.iter().all(|e| e.serving));
         // The slice's "dns" port is TCP; the service's is UDP: no endpoints.
         assert!(mapped.ports[2].endpoints.is_empty());
         // Local external policy means nothing for a service no one outside can reach.
@@ -317,7 +340,7 @@ spec: {clusterIP: 10.96.0.11, externalTrafficPolicy: Local, ports: [{port: 80}],
             inside.source_ranges,
             Some(vec!["10.0.0.0/8".parse().unwrap()])
         );
-        assert_eq!(mapped.warnings.len(), 1);
+        assert_eq!(mapped.warnings.len(), 1, "{:?}", mapped.warnings);
         assert!(
             mapped.warnings[0].contains("shop/inside")
                 && mapped.warnings[0].contains("loadBalancerSourceRanges[1]"),
@@ -326,10 +349,10 @@ spec: {clusterIP: 10.96.0.11, externalTrafficPolicy: Local, ports: [{port: 80}],
         );
     }
 
-    fn udp_port(name: &str, node_port: Option<u16>, endpoints: &[&str]) -> ServicePort {
+    fn udp_port(node_port: Option<u16>, endpoints: &[&str]) -> ServicePort {
         ServicePort {
             namespace: "ns".into(),
-            name: name.into(),
+            name: "dns".into(),
             port_name: "dns".into(),
             protocol: Protocol::Udp,
             port: 53,
@@ -355,53 +378,59 @@ spec: {clusterIP: 10.96.0.11, externalTrafficPolicy: Local, ports: [{port: 80}],
         }
     }
 
-    fn flow(dst: Option<&str>, port: u16, endpoint: Option<&str>) -> StaleFlow {
-        StaleFlow {
-            dst: dst.map(ip),
-            port,
-            endpoint: endpoint.map(ip),
-        }
+    const CONNTRACK: &str = "\
+udp      17 25 src=10.244.0.20 dst=10.96.0.10 sport=40000 dport=53 src=10.244.0.1 dst=10.244.0.20 sport=5353 dport=40000 mark=0 use=1
+udp      17 25 src=10.244.0.21 dst=10.96.0.10 sport=40001 dport=53 src=10.244.0.2 dst=10.244.0.21 sport=5353 dport=40001 mark=0 use=1
+udp      17 28 src=10.244.0.22 dst=10.96.0.10 sport=40002 dport=53 [UNREPLIED] src=10.96.0.10 dst=10.244.0.22 sport=53 dport=40002 mark=0 use=1
+udp      17 25 src=198.51.100.9 dst=192.0.2.1 sport=5000 dport=30053 src=10.244.0.9 dst=192.0.2.1 sport=5353 dport=5000 mark=0 use=1
+udp      17 25 src=10.244.0.20 dst=10.96.0.11 sport=40000 dport=53 src=10.244.0.7 dst=10.244.0.20 sport=53 dport=40000 mark=0 use=1
+udp      17 25 src=10.244.0.20 dst=192.0.2.50 sport=1 dport=54 src=10.244.0.7 dst=10.244.0.20 sport=54 dport=1 mark=0 use=1
+tcp      6 431999 ESTABLISHED src=10.244.0.20 dst=10.96.0.10 sport=1 dport=53 src=10.244.0.9 dst=10.244.0.20 sport=53 dport=1 [ASSURED] mark=0 use=1
+conntrack v1.4.7 (conntrack-tools): 7 flow entries have been shown.
+";
+
+    #[test]
+    fn conntrack_listing_parses_udp_entries_only() {
+        let entries = parse_conntrack(CONNTRACK);
+        assert_eq!(entries.len(), 6);
+        assert_eq!(
+            entries[2],
+            UdpEntry {
+                src: ip("10.244.0.22"),
+                dst: ip("10.96.0.10"),
+                sport: 40002,
+                dport: 53,
+                reply_src: ip("10.96.0.10"),
+            }
+        );
     }
 
     #[test]
-    fn stale_udp_flows_are_those_of_removed_endpoints_new_endpoints_and_removed_ports() {
-        let before = [udp_port("dns", Some(30053), &["10.244.0.1", "10.244.0.2"])];
-        let unchanged = stale_udp_flows(&before, &before);
-        assert!(unchanged.is_empty());
-
-        let one_gone = [udp_port("dns", Some(30053), &["10.244.0.2"])];
+    fn stale_udp_entries_are_those_not_answered_by_a_serving_endpoint() {
+        let entries = parse_conntrack(CONNTRACK);
+        let ports = [udp_port(Some(30053), &["10.244.0.1"])];
+        let stale: Vec<(u16, IpAddr)> = stale_udp_entries(&entries, &ports, &[ip("192.0.2.1")])
+            .iter()
+            .map(|e| (e.sport, e.reply_src))
+            .collect();
         assert_eq!(
-            stale_udp_flows(&before, &one_gone),
-            BTreeSet::from([
-                flow(Some("10.96.0.10"), 53, Some("10.244.0.1")),
-                flow(Some("192.0.2.50"), 53, Some("10.244.0.1")),
-                flow(None, 30053, Some("10.244.0.1")),
-            ])
+            stale,
+            [
+                // To an endpoint that no longer serves.
+                (40001, ip("10.244.0.2")),
+                // A refused packet's entry, now that there is an endpoint.
+                (40002, ip("10.96.0.10")),
+                // Through the NodePort, to an endpoint that no longer serves.
+                (5000, ip("10.244.0.9")),
+            ],
+            "entries to other addresses or ports, and TCP, are left alone"
         );
-
-        let none = [udp_port("dns", None, &[])];
-        let first = [udp_port("dns", None, &["10.244.0.3"])];
-        assert_eq!(
-            stale_udp_flows(&none, &first),
-            BTreeSet::from([
-                flow(Some("10.96.0.10"), 53, None),
-                flow(Some("192.0.2.50"), 53, None),
-            ])
-        );
-
-        assert_eq!(
-            stale_udp_flows(&first, &[]),
-            BTreeSet::from([
-                flow(Some("10.96.0.10"), 53, None),
-                flow(Some("192.0.2.50"), 53, None),
-            ])
-        );
-
-        let mut tcp = before.clone();
-        tcp[0].protocol = Protocol::Tcp;
-        assert!(
-            stale_udp_flows(&tcp, &[]).is_empty(),
-            "TCP connections end on their own"
-        );
+        // Without a node address the NodePort entry is not the proxy's.
+        assert_eq!(stale_udp_entries(&entries, &ports, &[]).len(), 2);
+        // A terminating endpoint that still serves keeps its flows.
+        let mut draining = udp_port(None, &["10.244.0.1", "10.244.0.2"]);
+        draining.endpoints[1].ready = false;
+        draining.endpoints[1].terminating = true;
+        assert_eq!(stale_udp_entries(&entries, &[draining], &[]).len(), 1);
     }
 }

@@ -323,7 +323,7 @@ fn answered(o: &Outcome) -> bool {
 
 macro_rules! netns_test {
     ($($name:ident),* $(,)?) => {
-        $(#[test] fn $name() { if can_run(&["/usr/sbin/bridge"]) { scenarios::$name() } })*
+        $(#[test] fn $name() { if can_run(&["/usr/sbin/bridge", "/usr/sbin/conntrack"]) { scenarios::$name() } })*
     };
 }
 
@@ -341,6 +341,7 @@ netns_test!(
     load_balancer_source_ranges,
     updates_while_traffic_flows,
     udp_flows_move_off_a_removed_endpoint,
+    udp_flows_move_off_an_endpoint_removed_while_the_proxy_was_down,
     sigterm_leaves_the_rules_and_never_touches_other_tables,
     cleanup_on_exit_removes_only_its_table,
     a_failed_transaction_is_repaired_by_a_full_rewrite,
@@ -886,37 +887,58 @@ mod scenarios {
         assert!(outcomes.len() > 10, "traffic flowed: {}", outcomes.len());
     }
 
+    /// The UDP service `q` (10.96.0.99:5000) served by one pod.
+    fn put_q(c: &Cluster, pod: usize) {
+        c.put(
+            "q",
+            &[
+                service(
+                    "q",
+                    json!({"clusterIP": "10.96.0.99",
+                           "ports": [{"name": "q", "port": 5000, "protocol": "UDP"}]}),
+                ),
+                slice(
+                    "q",
+                    "IPv4",
+                    ("q", "UDP"),
+                    vec![endpoint(c.pod(pod), false, NODE, ready())],
+                ),
+            ],
+        );
+    }
+
+    /// One datagram to `q` from a fixed source port: one conntrack flow.
+    fn send_q(c: &Cluster) -> Outcome {
+        udp(&c.client.ns, ip("10.96.0.99"), 5000, 40000, DROP)
+    }
+
     pub fn udp_flows_move_off_a_removed_endpoint() {
         let c = Cluster::new(&[]);
-        let put = |pod: usize| {
-            c.put(
-                "q",
-                &[
-                    service(
-                        "q",
-                        json!({"clusterIP": "10.96.0.99",
-                               "ports": [{"name": "q", "port": 5000, "protocol": "UDP"}]}),
-                    ),
-                    slice(
-                        "q",
-                        "IPv4",
-                        ("q", "UDP"),
-                        vec![endpoint(c.pod(pod), false, NODE, ready())],
-                    ),
-                ],
-            );
-        };
-        let vip = ip("10.96.0.99");
-        // A client that keeps its source port is one conntrack flow.
-        let send = || udp(&c.client.ns, vip, 5000, 40000, DROP);
-        put(0);
-        let o = eventually("q answers", send, answered);
+        put_q(&c, 0);
+        let o = eventually("q answers", || send_q(&c), answered);
         assert_eq!(o.server(), c.pod(0).v4);
         // pod0 keeps serving on its address, so only a cleared flow can move.
-        put(1);
-        eventually("the flow moves to pod1", send, |o| {
-            answered(o) && o.server() == c.pod(1).v4
-        });
+        put_q(&c, 1);
+        eventually(
+            "the flow moves to pod1",
+            || send_q(&c),
+            |o| answered(o) && o.server() == c.pod(1).v4,
+        );
+    }
+
+    pub fn udp_flows_move_off_an_endpoint_removed_while_the_proxy_was_down() {
+        let mut c = Cluster::new(&[]);
+        put_q(&c, 0);
+        let o = eventually("q answers", || send_q(&c), answered);
+        assert_eq!(o.server(), c.pod(0).v4);
+        assert!(c.terminate().success());
+        put_q(&c, 1);
+        c.start_proxy(&[]);
+        eventually(
+            "the flow moves to pod1",
+            || send_q(&c),
+            |o| answered(o) && o.server() == c.pod(1).v4,
+        );
     }
 
     pub fn sigterm_leaves_the_rules_and_never_touches_other_tables() {
