@@ -139,6 +139,8 @@ pub struct ServiceTraffic {
     pub internal_local: bool,
     /// `spec.loadBalancerSourceRanges`, as written.
     pub source_ranges: Vec<String>,
+    /// `spec.healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
     /// Addresses that were skipped, each naming its field (the rest of the Service is kept,
     /// as kube-proxy drops such entries one at a time).
     pub problems: Vec<String>,
@@ -555,6 +557,10 @@ fn service_traffic(
             spec.internal_traffic_policy.as_deref(),
         )?,
         source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
+        health_check_node_port: match spec.health_check_node_port {
+            Some(p) => Some(parse_port(meta, "spec.healthCheckNodePort", p)?),
+            None => None,
+        },
         problems,
     })
 }

@@ -1,6 +1,6 @@
 //! `netd-proxy`'s command line.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,9 +74,27 @@ pub struct Args {
     #[arg(long, env = "NETD_PROXY_NO_SYSCTLS")]
     pub no_sysctls: bool,
 
+    /// Where to serve `/healthz` and `/livez` (plain HTTP; 200 once the rules are programmed
+    /// and the last sync succeeded, else 503); `off` for nowhere. kube-proxy's port.
+    #[arg(long, env = "NETD_PROXY_HEALTHZ_LISTEN", default_value = "0.0.0.0:10256", value_parser = parse_listen, value_name = "ADDR:PORT|off")]
+    pub healthz_listen: Listen,
+
     /// Log format on stderr: `text` or `json` (one object per line).
     #[arg(long, env = "NETD_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
     pub log_format: String,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is not ADDR:PORT or off"))
 }
 
 /// A flag combination that cannot work, named.
@@ -118,6 +136,7 @@ impl Args {
             },
             cleanup_on_exit: self.cleanup_on_exit,
             sysctls: !self.no_sysctls,
+            healthz: self.healthz_listen.0,
         })
     }
 }
@@ -245,6 +264,7 @@ mod tests {
         assert_eq!(cfg.node_name, "n1");
         assert_eq!(cfg.node.ips.len(), 2, "deduplicated: {:?}", cfg.node.ips);
         assert!(cfg.cleanup_on_exit && cfg.sysctls);
+        assert_eq!(cfg.healthz, Some("0.0.0.0:10256".parse().expect("addr")));
         match cfg.source {
             discovery::Source::Manifests { dir, watch } => {
                 assert_eq!(dir, PathBuf::from("/tmp/m"));
@@ -271,6 +291,26 @@ mod tests {
         let e = parse(&["--manifests", "/m", "--node-name", "n", "--node-ip", "x"])
             .expect_err("bad IP");
         assert!(e.contains("--node-ip"), "{e}");
+        let off = parse(&[
+            "--manifests",
+            "/m",
+            "--node-name",
+            "n",
+            "--healthz-listen",
+            "off",
+        ])
+        .expect("off");
+        assert_eq!(off.healthz, None);
+        let e = parse(&[
+            "--manifests",
+            "/m",
+            "--node-name",
+            "n",
+            "--healthz-listen",
+            "10256",
+        ])
+        .expect_err("no address");
+        assert!(e.contains("--healthz-listen"), "{e}");
         let e = parse(&[
             "--manifests",
             "/m",

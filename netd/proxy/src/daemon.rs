@@ -14,15 +14,16 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use netd_nft::{Applier, Nft, Table};
 
-use crate::services::{UdpEntry, parse_conntrack, service_ports, stale_udp_entries};
+use crate::health::{HealthChecks, ProxyHealth, serve_healthz};
+use crate::services::{UdpEntry, health_checks, parse_conntrack, service_ports, stale_udp_entries};
 use crate::{Node, Protocol, ServicePort, TABLE, plan};
 
 /// Everything the daemon needs, validated.
@@ -36,6 +37,8 @@ pub struct Config {
     pub cleanup_on_exit: bool,
     /// Set the forwarding and bridge sysctls at start.
     pub sysctls: bool,
+    /// Where to serve `/healthz` and `/livez`; `None` for nowhere.
+    pub healthz: Option<SocketAddr>,
 }
 
 /// Why the daemon could not start, or stopped without being asked to.
@@ -52,6 +55,11 @@ pub enum StartError {
     },
     #[error("nft: {0}")]
     Nft(String),
+    #[error("--healthz-listen {addr}: {source}")]
+    Healthz {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The sysctls bridged pod traffic needs: forwarding, and bridged packets through nftables
@@ -103,6 +111,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
              endpoints are not cleared"
         );
     }
+    let health = Arc::new(RwLock::new(ProxyHealth::default()));
+    if let Some(addr) = cfg.healthz {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Healthz { addr, source })?;
+        tokio::spawn(serve_healthz(listener, Arc::clone(&health)));
+    }
     let mut snapshots = cfg.source.start().await?;
     tokio::pin!(shutdown);
     let (cleaner, programmed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
@@ -116,6 +131,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         warnings: BTreeSet::new(),
         cleaner,
         failures: 0,
+        health,
+        health_checks: HealthChecks::default(),
     };
     let mut outcome = Ok(());
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -172,6 +189,8 @@ struct Syncer {
     /// The Service ports programmed last, for the conntrack cleaner.
     cleaner: tokio::sync::watch::Sender<Arc<Vec<ServicePort>>>,
     failures: u32,
+    health: Arc<RwLock<ProxyHealth>>,
+    health_checks: HealthChecks,
 }
 
 impl Syncer {
@@ -230,10 +249,21 @@ impl Syncer {
         );
         self.applied = Some(table);
         self.cleaner.send_replace(Arc::new(mapped.ports));
+        self.health_checks
+            .update(&health_checks(snap, &self.node_name))
+            .await;
+        self.health
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .synced();
         Ok(())
     }
 
     fn failed(&mut self) -> Duration {
+        self.health
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed();
         self.failures = self.failures.saturating_add(1);
         Duration::from_millis(500 << self.failures.min(6)).min(Duration::from_secs(30))
     }
@@ -360,6 +390,8 @@ mod tests {
             warnings: BTreeSet::new(),
             cleaner: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             failures: 0,
+            health: Arc::default(),
+            health_checks: HealthChecks::default(),
         };
         let waits: Vec<Duration> = (0..10).map(|_| s.failed()).collect();
         assert_eq!(waits[0], Duration::from_secs(1));

@@ -26,6 +26,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod health;
 pub mod services;
 
 use std::collections::BTreeMap;

@@ -16,6 +16,7 @@ use discovery::ClusterSnapshot;
 use discovery::model::{self, AddressType, ServiceType};
 use ipnet::IpNet;
 
+use crate::health::ServiceHealth;
 use crate::{Endpoint, Protocol, ServicePort};
 
 /// What the snapshot says about the Service ports, and what in it could not be used.
@@ -124,6 +125,40 @@ pub fn service_ports(snap: &ClusterSnapshot, node_name: &str) -> Mapped {
                 endpoints,
             });
         }
+    }
+    out
+}
+
+/// The health check ports this node serves: one per LoadBalancer Service with
+/// `externalTrafficPolicy: Local` and a `healthCheckNodePort`, with its ready endpoints on
+/// `node_name`.
+pub fn health_checks(snap: &ClusterSnapshot, node_name: &str) -> BTreeMap<u16, ServiceHealth> {
+    let mut out = BTreeMap::new();
+    for svc in snap.objects.services.values() {
+        let Some(traffic) = svc.traffic.as_deref() else {
+            continue;
+        };
+        let Some(port) = traffic.health_check_node_port else {
+            continue;
+        };
+        if svc.type_ != ServiceType::LoadBalancer || !traffic.external_local {
+            continue;
+        }
+        let local: BTreeSet<IpAddr> = snap
+            .slices_of(svc)
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            .filter(|ep| ep.is_ready() && ep.node_name.as_deref() == Some(node_name))
+            .filter_map(|ep| ep.addresses.first().copied())
+            .collect();
+        out.insert(
+            port,
+            ServiceHealth {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                local_endpoints: local.len(),
+            },
+        );
     }
     out
 }

@@ -317,6 +317,41 @@ fn spread(ns: &Ns, to: IpAddr, port: u16, n: usize) -> (BTreeSet<IpAddr>, BTreeS
     (servers, clients)
 }
 
+/// `GET path` over HTTP/1.0 from `ns`: the status code and the body.
+fn http_get(ns: &Ns, to: IpAddr, port: u16, path: &str) -> Result<(u16, String), String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {to}\r\n\r\n");
+    netd_testnet::in_ns(ns.path(), move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(to, port),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| e.to_string())?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status line: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+    .join()
+    .expect("http thread")
+}
+
 fn answered(o: &Outcome) -> bool {
     matches!(o, Outcome::Answered { .. })
 }
@@ -345,6 +380,7 @@ netns_test!(
     sigterm_leaves_the_rules_and_never_touches_other_tables,
     cleanup_on_exit_removes_only_its_table,
     a_failed_transaction_is_repaired_by_a_full_rewrite,
+    health_check_node_ports_and_healthz,
 );
 
 mod scenarios {
@@ -1043,6 +1079,61 @@ mod scenarios {
         assert!(
             log.contains("retrying with a full rewrite"),
             "the failure is logged: {log}"
+        );
+    }
+
+    pub fn health_check_node_ports_and_healthz() {
+        let c = Cluster::new(&[]);
+        let lb = |endpoints: Vec<Value>| {
+            let mut svc = service(
+                "checked",
+                json!({"type": "LoadBalancer", "clusterIP": "10.96.0.95",
+                       "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                       "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30095}]}),
+            );
+            svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.11"}]}});
+            c.put(
+                "checked",
+                &[svc, slice("checked", "IPv4", ("http", "TCP"), endpoints)],
+            );
+        };
+        lb(vec![
+            endpoint(c.pod(0), false, NODE, ready()),
+            endpoint(c.pod(1), false, NODE, ready()),
+            endpoint(c.pod(2), false, OTHER, ready()),
+        ]);
+        let node = ip(NODE_V4);
+        let (status, body) = eventually(
+            "the health check port answers",
+            || http_get(&c.outside, node, 32000, "/"),
+            |r| r.is_ok(),
+        )
+        .expect("answered");
+        assert_eq!(status, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["localEndpoints"], 2, "{body}");
+        assert_eq!(body["service"]["name"], "checked", "{body}");
+
+        // No endpoint here: the load balancer is told to skip this node.
+        lb(vec![endpoint(c.pod(2), false, OTHER, ready())]);
+        let _ = eventually(
+            "503 without a local endpoint",
+            || http_get(&c.outside, node, 32000, "/"),
+            |r| matches!(r, Ok((503, _))),
+        );
+
+        // The proxy's own health.
+        let (status, body) = http_get(&c.outside, node, 10256, "/healthz").expect("healthz");
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = http_get(&c.outside, node, 10256, "/nope").expect("404");
+        assert_eq!(status, 404);
+
+        // The port closes with the Service.
+        std::fs::remove_file(c.dir.path().join("manifests/checked.json")).expect("remove");
+        let _ = eventually(
+            "the health check port closes",
+            || http_get(&c.outside, node, 32000, "/"),
+            |r| r.is_err(),
         );
     }
 }
