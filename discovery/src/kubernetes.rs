@@ -105,6 +105,21 @@ pub struct KubeOptions {
     pub fields: Fields,
 }
 
+impl KubeOptions {
+    /// The API group and resource of everything these options watch (what RBAC must grant).
+    pub fn watched_resources(&self) -> Vec<(&'static str, &'static str)> {
+        WATCHED_RESOURCES
+            .iter()
+            .copied()
+            .filter(|(_, r)| match *r {
+                "pods" => self.pods,
+                "namespaces" => self.namespaces.is_empty(),
+                _ => true,
+            })
+            .collect()
+    }
+}
+
 impl Default for KubeOptions {
     fn default() -> Self {
         Self {

@@ -359,3 +359,75 @@ fn the_configmap_holds_a_valid_config_mounted_where_the_flag_points() {
             .any(|i| Path::new(&i.path) == file_name && i.key == "config.yaml")
     );
 }
+
+#[test]
+fn netd_proxy_rbac_and_daemonset_match_the_binary() {
+    use clap::Parser as _;
+    use k8s_openapi::api::apps::v1::DaemonSet;
+
+    let d = docs("netd-proxy/rbac.yaml");
+    let role: ClusterRole =
+        serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        assert_eq!(verbs, BTreeSet::from(["list", "watch"]), "{rule:?}");
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                granted.insert((g.clone(), r.clone()));
+            }
+        }
+    }
+    let watched: BTreeSet<(String, String)> = netd_proxy::cli::kube_options()
+        .watched_resources()
+        .iter()
+        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(granted, watched, "exactly what the proxy watches");
+
+    let ds: DaemonSet =
+        serde_json::from_value(of_kind(&docs("netd-proxy/daemonset.yaml"), "DaemonSet"))
+            .expect("a DaemonSet");
+    let pod = ds.spec.template.spec.as_ref().expect("pod spec");
+    let c = &pod.containers[0];
+    // The args parse, with the node name the downward API provides.
+    let mut argv = vec!["netd-proxy".to_string()];
+    argv.extend(c.args.clone().expect("args"));
+    argv.extend(["--node-name".to_string(), "node-a".to_string()]);
+    let args = netd_proxy::cli::Args::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("the DaemonSet's args do not parse: {e}"));
+    assert!(!args.cluster_cidrs.is_empty());
+    let env: BTreeSet<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(
+        env.contains("NODE_NAME") && env.contains("NETD_PROXY_NODE_IPS"),
+        "{env:?}"
+    );
+    assert_eq!(pod.host_network, Some(true));
+    // The liveness probe hits the proxy's health endpoint.
+    let healthz = args.healthz_listen.0.expect("healthz on").port() as i32;
+    let port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("healthz"))
+        .expect("healthz port");
+    assert_eq!(port.container_port, healthz);
+    let probe = c
+        .liveness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("httpGet liveness probe");
+    assert_eq!(probe.path.as_deref(), Some("/livez"));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        of_kind(&d, "ServiceAccount")["metadata"]["name"].as_str()
+    );
+    let k = &docs("netd-proxy/kustomization.yaml")[0];
+    let listed: BTreeSet<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(listed, BTreeSet::from(["rbac.yaml", "daemonset.yaml"]));
+}
