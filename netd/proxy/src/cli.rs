@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
@@ -79,9 +80,18 @@ pub struct Args {
     #[arg(long, env = "NETD_PROXY_HEALTHZ_LISTEN", default_value = "0.0.0.0:10256", value_parser = parse_listen, value_name = "ADDR:PORT|off")]
     pub healthz_listen: Listen,
 
+    /// How often to check that the table is still there (someone may delete or flush it), and
+    /// rewrite it when it is not; `0s` for never. The whole table is also rewritten hourly.
+    #[arg(long, env = "NETD_PROXY_CHECK_PERIOD", default_value = "60s", value_parser = parse_period, value_name = "DURATION")]
+    pub check_period: Duration,
+
     /// Log format on stderr: `text` or `json` (one object per line).
     #[arg(long, env = "NETD_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
     pub log_format: String,
+}
+
+fn parse_period(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (say 60s, 5m)"))
 }
 
 /// A listen address, or `off`.
@@ -137,6 +147,7 @@ impl Args {
             cleanup_on_exit: self.cleanup_on_exit,
             sysctls: !self.no_sysctls,
             healthz: self.healthz_listen.0,
+            check_period: (!self.check_period.is_zero()).then_some(self.check_period),
         })
     }
 }
@@ -221,7 +232,7 @@ pub fn main() -> ExitCode {
         Ok(())
     });
     // A conntrack cleanup still running is not waited for.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

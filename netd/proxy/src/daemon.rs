@@ -39,6 +39,8 @@ pub struct Config {
     pub sysctls: bool,
     /// Where to serve `/healthz` and `/livez`; `None` for nowhere.
     pub healthz: Option<SocketAddr>,
+    /// How often to check that the table is still there; `None` for never.
+    pub check_period: Option<Duration>,
 }
 
 /// Why the daemon could not start, or stopped without being asked to.
@@ -136,22 +138,40 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let mut outcome = Ok(());
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut checks = cfg.check_period.map(|p| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut last_full = Instant::now();
+    // Something to program: a new snapshot, a retry, or a table found damaged.
+    let mut pending = true;
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        if snap.synced {
-            retry_at = match syncer.sync(&snap).await {
-                Ok(()) => None,
-                Err(backoff) => Some(tokio::time::Instant::now() + backoff),
-            };
-        } else {
+        if !snap.synced {
             tracing::debug!(
                 generation = snap.generation,
                 "waiting for discovery to list everything"
             );
+        } else if pending {
+            if syncer.applied.is_none() {
+                last_full = Instant::now();
+            }
+            retry_at = match syncer.sync(&snap).await {
+                Ok(()) => None,
+                Err(backoff) => Some(tokio::time::Instant::now() + backoff),
+            };
+            pending = retry_at.is_some();
         }
         let retry = async {
             match retry_at {
                 Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let check = async {
+            match checks.as_mut() {
+                Some(i) => i.tick().await,
                 None => std::future::pending().await,
             }
         };
@@ -161,8 +181,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                     outcome = Err(StartError::DiscoveryStopped);
                     break;
                 }
+                pending = true;
             }
-            () = retry => {}
+            () = retry => pending = true,
+            _ = check => {
+                if syncer.applied.is_none() {
+                    continue;
+                }
+                if last_full.elapsed() >= FULL_SYNC_EVERY {
+                    tracing::info!("hourly full rewrite");
+                    syncer.applied = None;
+                    pending = true;
+                } else if let Err(why) = tokio::task::spawn_blocking(table_is_there).await.unwrap_or_else(|e| Err(e.to_string())) {
+                    tracing::warn!(%why, "the table is gone or damaged; rewriting it");
+                    syncer.applied = None;
+                    pending = true;
+                }
+            }
             () = &mut shutdown => break,
         }
     }
@@ -177,6 +212,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tracing::info!(table = TABLE, "stopping; the rules stay in place");
     }
     outcome
+}
+
+/// Even when nothing seems wrong, the whole table is rewritten this often, so a change someone
+/// else made to a chain the check does not look at does not last (kube-proxy does the same).
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether the table and its dispatch chain are there: a cheap look (a tenth of a second at
+/// 10k services) that catches a table deleted or flushed by someone else.
+fn table_is_there() -> Result<(), String> {
+    let out = Command::new("nft")
+        .args(["list", "chain", "inet", TABLE, "services"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    if !String::from_utf8_lossy(&out.stdout).contains("vmap @service-ips-v4") {
+        return Err("the services chain has lost its rules".into());
+    }
+    Ok(())
 }
 
 struct Syncer {

@@ -381,6 +381,7 @@ netns_test!(
     cleanup_on_exit_removes_only_its_table,
     a_failed_transaction_is_repaired_by_a_full_rewrite,
     health_check_node_ports_and_healthz,
+    a_deleted_table_is_rewritten_without_a_change,
 );
 
 mod scenarios {
@@ -1048,7 +1049,8 @@ mod scenarios {
     }
 
     pub fn a_failed_transaction_is_repaired_by_a_full_rewrite() {
-        let c = Cluster::new(&[]);
+        // No periodic check: the repair must come from the failed transaction.
+        let c = Cluster::new(&["--check-period", "0s"]);
         let put_web = |pod: usize| {
             c.put(
                 "web",
@@ -1135,5 +1137,30 @@ mod scenarios {
             || http_get(&c.outside, node, 32000, "/"),
             |r| r.is_err(),
         );
+    }
+
+    pub fn a_deleted_table_is_rewritten_without_a_change() {
+        let c = Cluster::new(&["--check-period", "1s"]);
+        c.put(
+            "web",
+            &[
+                service("web", json!({})),
+                slice(
+                    "web",
+                    "IPv4",
+                    ("http", "TCP"),
+                    vec![endpoint(c.pod(0), false, NODE, ready())],
+                ),
+            ],
+        );
+        let vip = ip("10.96.0.10");
+        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.node.sh(&["nft", "delete", "table", "inet", "netd-proxy"]);
+        let o = eventually(
+            "the periodic check rewrites the table",
+            || tcp(&c.client.ns, vip, 80, DROP),
+            answered,
+        );
+        assert_eq!(o.server(), c.pod(0).v4);
     }
 }
