@@ -21,11 +21,9 @@ fn of_kind(docs: &[Value], kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
-#[test]
-fn cluster_role_grants_list_and_watch_on_exactly_what_is_watched() {
-    let d = docs("base/rbac.yaml");
-    let role: ClusterRole =
-        serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
+/// The (API group, resource) pairs a ClusterRole grants; every rule must be list and watch
+/// only.
+fn granted(role: &ClusterRole) -> BTreeSet<(String, String)> {
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
@@ -40,11 +38,25 @@ fn cluster_role_grants_list_and_watch_on_exactly_what_is_watched() {
             }
         }
     }
-    let watched: BTreeSet<(String, String)> = discovery::kubernetes::WATCHED_RESOURCES
+    granted
+}
+
+fn pairs(resources: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    resources
         .iter()
         .map(|(g, r)| (g.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(granted, watched);
+        .collect()
+}
+
+#[test]
+fn cluster_role_grants_list_and_watch_on_exactly_what_is_watched() {
+    let d = docs("base/rbac.yaml");
+    let role: ClusterRole =
+        serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
+    assert_eq!(
+        granted(&role),
+        pairs(discovery::kubernetes::WATCHED_RESOURCES)
+    );
 
     let binding: ClusterRoleBinding =
         serde_json::from_value(of_kind(&d, "ClusterRoleBinding")).expect("a ClusterRoleBinding");
@@ -368,22 +380,11 @@ fn netd_proxy_rbac_and_daemonset_match_the_binary() {
     let d = docs("netd-proxy/rbac.yaml");
     let role: ClusterRole =
         serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
-    let mut granted = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
-        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(verbs, BTreeSet::from(["list", "watch"]), "{rule:?}");
-        for g in rule.api_groups.iter().flatten() {
-            for r in rule.resources.iter().flatten() {
-                granted.insert((g.clone(), r.clone()));
-            }
-        }
-    }
-    let watched: BTreeSet<(String, String)> = netd_proxy::cli::kube_options()
-        .watched_resources()
-        .iter()
-        .map(|(g, r)| (g.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(granted, watched, "exactly what the proxy watches");
+    assert_eq!(
+        granted(&role),
+        pairs(&netd_proxy::cli::kube_options().watched_resources()),
+        "exactly what the proxy watches"
+    );
 
     let ds: DaemonSet =
         serde_json::from_value(of_kind(&docs("netd-proxy/daemonset.yaml"), "DaemonSet"))

@@ -26,14 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netd_testnet::{Ns, Outcome, Server, can_run, sh, tcp, udp};
+use netd_testnet::{
+    NODE_V4, NODE_V6, Ns, OUTSIDE_V4, OUTSIDE_V6, Outcome, Server, can_run, sh, tcp, udp,
+};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
 const OTHER: &str = "node-b";
-const NODE_V4: &str = "192.0.2.1";
-const NODE_V6: &str = "2001:db8::1";
-const OUTSIDE_V4: &str = "192.0.2.2";
 const BRIDGE_V4: &str = "10.244.0.1";
 const PORT: u16 = 8080;
 /// How long a check waits for an answer before calling the packets dropped.
@@ -107,42 +106,12 @@ impl Cluster {
     fn new(extra: &[&str]) -> Cluster {
         let node = Ns::new("node");
         let outside = Ns::new("out");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "netns",
-            &node.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &outside.name,
-        ]);
-        for (host, dev, v4, v6) in [
-            (&node, "up0", NODE_V4, NODE_V6),
-            (&outside, "eth0", OUTSIDE_V4, "2001:db8::2"),
-        ] {
-            host.sh(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            host.sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            host.sh(&["ip", "link", "set", dev, "up"]);
-        }
+        netd_testnet::uplink(&node, &outside);
         // The node's default gateway is the outside host, as a real node's is its upstream
         // router. The outside host reaches external and load-balancer addresses through the
         // node, and has no route to the pods.
         node.sh(&["ip", "route", "add", "default", "via", OUTSIDE_V4]);
-        node.sh(&["ip", "-6", "route", "add", "default", "via", "2001:db8::2"]);
+        node.sh(&["ip", "-6", "route", "add", "default", "via", OUTSIDE_V6]);
         outside.sh(&["ip", "route", "add", "203.0.113.0/24", "via", NODE_V4]);
         outside.sh(&[
             "ip",
@@ -212,6 +181,27 @@ impl Cluster {
             .spawn()
             .expect("spawn netd-proxy");
         self.proxy = Some(child);
+    }
+
+    /// Writes service `name` (a ClusterIP service with `spec` merged in, one TCP port 80 named
+    /// http) with one IPv4 slice of `endpoints` on 8080.
+    fn serve(&self, name: &str, spec: Value, endpoints: Vec<Value>) {
+        self.put(
+            name,
+            &[
+                service(name, spec),
+                slice(name, "IPv4", ("http", "TCP"), endpoints),
+            ],
+        );
+    }
+
+    /// The first answer from `vip:80` to the client pod, once the proxy has programmed it.
+    fn answer(&self, vip: IpAddr) -> Outcome {
+        eventually(
+            &format!("{vip} answers"),
+            || tcp(&self.client.ns, vip, 80, DROP),
+            answered,
+        )
     }
 
     /// Writes (or replaces) one manifest file; the proxy picks it up.
@@ -392,15 +382,9 @@ mod scenarios {
         let eps = (0..3)
             .map(|n| endpoint(c.pod(n), false, NODE, ready()))
             .collect();
-        c.put(
-            "web",
-            &[
-                service("web", json!({})),
-                slice("web", "IPv4", ("http", "TCP"), eps),
-            ],
-        );
+        c.serve("web", json!({}), eps);
         let vip = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.answer(vip);
         let (servers, clients) = spread(&c.client.ns, vip, 80, 45);
         let all: BTreeSet<IpAddr> = c.pods.iter().map(|p| p.v4).collect();
         assert_eq!(servers, all, "every ready endpoint takes a share");
@@ -476,32 +460,20 @@ mod scenarios {
 
     pub fn refused_without_endpoints_and_on_ports_the_service_lacks() {
         let c = Cluster::new(&[]);
-        c.put(
+        c.serve(
             "empty",
-            &[
-                service(
-                    "empty",
-                    json!({"clusterIP": "10.96.0.20",
+            json!({"clusterIP": "10.96.0.20",
                            "ports": [{"name": "http", "port": 80, "protocol": "TCP"},
                                      {"name": "q", "port": 5000, "protocol": "UDP"}]}),
-                ),
-                slice("empty", "IPv4", ("http", "TCP"), vec![]),
-            ],
+            vec![],
         );
-        c.put(
+        c.serve(
             "web",
-            &[
-                service("web", json!({})),
-                slice(
-                    "web",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(0), false, NODE, ready())],
-                ),
-            ],
+            json!({}),
+            vec![endpoint(c.pod(0), false, NODE, ready())],
         );
         let web = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, web, 80, DROP), answered);
+        c.answer(web);
         let empty = ip("10.96.0.20");
         let t = eventually(
             "no endpoints: TCP refused",
@@ -524,17 +496,10 @@ mod scenarios {
 
     pub fn the_node_itself_reaches_cluster_ips() {
         let c = Cluster::new(&[]);
-        c.put(
+        c.serve(
             "web",
-            &[
-                service("web", json!({})),
-                slice(
-                    "web",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(1), false, NODE, ready())],
-                ),
-            ],
+            json!({}),
+            vec![endpoint(c.pod(1), false, NODE, ready())],
         );
         let o = eventually(
             "node to web",
@@ -596,20 +561,14 @@ mod scenarios {
 
     pub fn external_traffic_policy_local() {
         let c = Cluster::new(&[]);
-        let svc = service(
-            "local",
-            json!({"type": "NodePort", "clusterIP": "10.96.0.40", "externalTrafficPolicy": "Local",
+        let spec = json!({"type": "NodePort", "clusterIP": "10.96.0.40", "externalTrafficPolicy": "Local",
                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30081}],
-                   "externalIPs": ["203.0.113.8"]}),
-        );
+                   "externalIPs": ["203.0.113.8"]});
         let both = vec![
             endpoint(c.pod(0), false, NODE, ready()),
             endpoint(c.pod(1), false, OTHER, ready()),
         ];
-        c.put(
-            "local",
-            &[svc.clone(), slice("local", "IPv4", ("http", "TCP"), both)],
-        );
+        c.serve("local", spec.clone(), both);
         for (to, port) in [(NODE_V4, 30081), ("203.0.113.8", 80)] {
             eventually(
                 "the NodePort answers",
@@ -633,17 +592,10 @@ mod scenarios {
         assert_eq!(servers, [c.pod(0).v4, c.pod(1).v4].into());
 
         // Only a remote endpoint left: outside traffic is dropped, not refused.
-        c.put(
+        c.serve(
             "local",
-            &[
-                svc,
-                slice(
-                    "local",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(1), false, OTHER, ready())],
-                ),
-            ],
+            spec,
+            vec![endpoint(c.pod(1), false, OTHER, ready())],
         );
         eventually(
             "no local endpoint: dropped",
@@ -664,41 +616,24 @@ mod scenarios {
 
     pub fn internal_traffic_policy_local() {
         let c = Cluster::new(&[]);
-        let svc = service(
-            "near",
-            json!({"clusterIP": "10.96.0.50", "internalTrafficPolicy": "Local"}),
-        );
+        let spec = json!({"clusterIP": "10.96.0.50", "internalTrafficPolicy": "Local"});
         let both = vec![
             endpoint(c.pod(0), false, OTHER, ready()),
             endpoint(c.pod(2), false, NODE, ready()),
         ];
-        c.put(
-            "near",
-            &[svc.clone(), slice("near", "IPv4", ("http", "TCP"), both)],
-        );
+        c.serve("near", spec.clone(), both);
         let vip = ip("10.96.0.50");
-        eventually(
-            "near answers",
-            || tcp(&c.client.ns, vip, 80, DROP),
-            answered,
-        );
+        c.answer(vip);
         let (servers, _) = spread(&c.client.ns, vip, 80, 20);
         assert_eq!(
             servers,
             BTreeSet::from([c.pod(2).v4]),
             "only this node's endpoint"
         );
-        c.put(
+        c.serve(
             "near",
-            &[
-                svc,
-                slice(
-                    "near",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(0), false, OTHER, ready())],
-                ),
-            ],
+            spec,
+            vec![endpoint(c.pod(0), false, OTHER, ready())],
         );
         eventually(
             "no local endpoint: dropped",
@@ -712,23 +647,14 @@ mod scenarios {
         let eps = (0..3)
             .map(|n| endpoint(c.pod(n), false, NODE, ready()))
             .collect();
-        c.put(
+        c.serve(
             "sticky",
-            &[
-                service(
-                    "sticky",
-                    json!({"clusterIP": "10.96.0.60", "sessionAffinity": "ClientIP",
+            json!({"clusterIP": "10.96.0.60", "sessionAffinity": "ClientIP",
                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
-                ),
-                slice("sticky", "IPv4", ("http", "TCP"), eps),
-            ],
+            eps,
         );
         let vip = ip("10.96.0.60");
-        eventually(
-            "sticky answers",
-            || tcp(&c.client.ns, vip, 80, DROP),
-            answered,
-        );
+        c.answer(vip);
         let (servers, _) = spread(&c.client.ns, vip, 80, 20);
         assert_eq!(servers.len(), 1, "one client, one endpoint: {servers:?}");
         let (from_node, _) = spread(&c.node, vip, 80, 10);
@@ -743,28 +669,17 @@ mod scenarios {
         let c = Cluster::new(&[]);
         let draining = json!({"ready": false, "serving": true, "terminating": true});
         let gone = json!({"ready": false, "serving": false, "terminating": true});
-        let svc = service("drain", json!({"clusterIP": "10.96.0.70"}));
-        c.put(
+        let spec = json!({"clusterIP": "10.96.0.70"});
+        c.serve(
             "drain",
-            &[
-                svc.clone(),
-                slice(
-                    "drain",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![
-                        endpoint(c.pod(0), false, NODE, draining.clone()),
-                        endpoint(c.pod(1), false, NODE, gone),
-                    ],
-                ),
+            spec.clone(),
+            vec![
+                endpoint(c.pod(0), false, NODE, draining.clone()),
+                endpoint(c.pod(1), false, NODE, gone),
             ],
         );
         let vip = ip("10.96.0.70");
-        eventually(
-            "drain answers",
-            || tcp(&c.client.ns, vip, 80, DROP),
-            answered,
-        );
+        c.answer(vip);
         let (servers, _) = spread(&c.client.ns, vip, 80, 20);
         assert_eq!(
             servers,
@@ -772,19 +687,12 @@ mod scenarios {
             "only the serving one"
         );
         // Once an endpoint is ready, the terminating one gets nothing.
-        c.put(
+        c.serve(
             "drain",
-            &[
-                svc,
-                slice(
-                    "drain",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![
-                        endpoint(c.pod(0), false, NODE, draining),
-                        endpoint(c.pod(2), false, NODE, ready()),
-                    ],
-                ),
+            spec,
+            vec![
+                endpoint(c.pod(0), false, NODE, draining),
+                endpoint(c.pod(2), false, NODE, ready()),
             ],
         );
         eventually(
@@ -796,17 +704,10 @@ mod scenarios {
 
     pub fn hairpin_a_pod_reaches_itself_through_its_service() {
         let c = Cluster::new(&[]);
-        c.put(
+        c.serve(
             "self",
-            &[
-                service("self", json!({"clusterIP": "10.96.0.80"})),
-                slice(
-                    "self",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(0), false, NODE, ready())],
-                ),
-            ],
+            json!({"clusterIP": "10.96.0.80"}),
+            vec![endpoint(c.pod(0), false, NODE, ready())],
         );
         let o = eventually(
             "pod0 reaches itself",
@@ -867,17 +768,11 @@ mod scenarios {
                 .iter()
                 .map(|n| endpoint(c.pod(*n), false, NODE, ready()))
                 .collect();
-            c.put(
-                "web",
-                &[
-                    service("web", json!({})),
-                    slice("web", "IPv4", ("http", "TCP"), eps),
-                ],
-            );
+            c.serve("web", json!({}), eps);
         };
         put_web(&[0, 1]);
         let vip = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.answer(vip);
 
         // A steady stream of connections while services change around it.
         let stop = AtomicBool::new(false);
@@ -982,20 +877,13 @@ mod scenarios {
         let mut c = Cluster::new(&[]);
         c.node.sh(&["nft", "add", "table", "inet", "other"]);
         c.node.sh(&["nft", "add", "chain", "inet", "other", "keep"]);
-        c.put(
+        c.serve(
             "web",
-            &[
-                service("web", json!({})),
-                slice(
-                    "web",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(0), false, NODE, ready())],
-                ),
-            ],
+            json!({}),
+            vec![endpoint(c.pod(0), false, NODE, ready())],
         );
         let vip = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.answer(vip);
         let status = c.terminate();
         assert!(status.success(), "exit status {status}");
         let tables = c.tables();
@@ -1013,17 +901,10 @@ mod scenarios {
         );
         // A restart takes over the table it left, and follows changes again.
         c.start_proxy(&[]);
-        c.put(
+        c.serve(
             "web",
-            &[
-                service("web", json!({})),
-                slice(
-                    "web",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(2), false, NODE, ready())],
-                ),
-            ],
+            json!({}),
+            vec![endpoint(c.pod(2), false, NODE, ready())],
         );
         eventually(
             "the restarted proxy follows",
@@ -1052,22 +933,15 @@ mod scenarios {
         // No periodic check: the repair must come from the failed transaction.
         let c = Cluster::new(&["--check-period", "0s"]);
         let put_web = |pod: usize| {
-            c.put(
+            c.serve(
                 "web",
-                &[
-                    service("web", json!({})),
-                    slice(
-                        "web",
-                        "IPv4",
-                        ("http", "TCP"),
-                        vec![endpoint(c.pod(pod), false, NODE, ready())],
-                    ),
-                ],
+                json!({}),
+                vec![endpoint(c.pod(pod), false, NODE, ready())],
             );
         };
         put_web(0);
         let vip = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.answer(vip);
         // Someone deletes the table: the next incremental transaction cannot apply.
         c.node.sh(&["nft", "delete", "table", "inet", "netd-proxy"]);
         put_web(1);
@@ -1141,20 +1015,13 @@ mod scenarios {
 
     pub fn a_deleted_table_is_rewritten_without_a_change() {
         let c = Cluster::new(&["--check-period", "1s"]);
-        c.put(
+        c.serve(
             "web",
-            &[
-                service("web", json!({})),
-                slice(
-                    "web",
-                    "IPv4",
-                    ("http", "TCP"),
-                    vec![endpoint(c.pod(0), false, NODE, ready())],
-                ),
-            ],
+            json!({}),
+            vec![endpoint(c.pod(0), false, NODE, ready())],
         );
         let vip = ip("10.96.0.10");
-        eventually("web answers", || tcp(&c.client.ns, vip, 80, DROP), answered);
+        c.answer(vip);
         c.node.sh(&["nft", "delete", "table", "inet", "netd-proxy"]);
         let o = eventually(
             "the periodic check rewrites the table",

@@ -335,3 +335,47 @@ pub fn udp(ns: &Ns, to: IpAddr, port: u16, from_port: u16, timeout: Duration) ->
     .join()
     .expect("udp thread")
 }
+
+/// The node's address on the link to the outside host.
+pub const NODE_V4: &str = "192.0.2.1";
+pub const NODE_V6: &str = "2001:db8::1";
+/// The outside host's address.
+pub const OUTSIDE_V4: &str = "192.0.2.2";
+pub const OUTSIDE_V6: &str = "2001:db8::2";
+
+/// Links `node` (`up0`: [`NODE_V4`], [`NODE_V6`]) and `outside` (`eth0`: [`OUTSIDE_V4`],
+/// [`OUTSIDE_V6`]) with a veth pair on 192.0.2.0/24 and 2001:db8::/64, up, IPv6 without DAD.
+/// No routes: each test says what reaches what.
+pub fn uplink(node: &Ns, outside: &Ns) {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "netns",
+        &node.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &outside.name,
+    ]);
+    for (host, dev, v4, v6) in [
+        (node, "up0", NODE_V4, NODE_V6),
+        (outside, "eth0", OUTSIDE_V4, OUTSIDE_V6),
+    ] {
+        host.sh(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
+        host.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        host.sh(&["ip", "link", "set", dev, "up"]);
+    }
+}

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 #[allow(unused_imports)] // The benchmark uses the node only.
-pub use netd_testnet::{Listener, Ns, can_run, connect, sh};
+pub use netd_testnet::{
+    Listener, NODE_V4, NODE_V6, Ns, OUTSIDE_V4, OUTSIDE_V6, can_run, connect, sh,
+};
 use serde_json::{Value, json};
 
 /// Which plugin a test runs: this one, or the reference `bridge` + `host-local` from Debian's
@@ -116,47 +118,12 @@ pub struct Node {
     pub extra_path: Option<PathBuf>,
 }
 
-pub const NODE_V4: &str = "192.0.2.1";
-pub const NODE_V6: &str = "2001:db8::1";
-pub const OUTSIDE_V4: &str = "192.0.2.2";
-pub const OUTSIDE_V6: &str = "2001:db8::2";
-
 impl Node {
     /// A node with a dual-stack pod network 10.22.0.0/24 + fd00:22::/64 on bridge `cni0`.
     pub fn new(flavor: Flavor) -> Node {
         let ns = Ns::new("node");
         let outside = Ns::new("out");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &outside.name,
-        ]);
-        for (host, dev, v4, v6) in [
-            (&ns, "up0", NODE_V4, NODE_V6),
-            (&outside, "eth0", OUTSIDE_V4, OUTSIDE_V6),
-        ] {
-            host.sh(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            host.sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            host.sh(&["ip", "link", "set", dev, "up"]);
-        }
+        netd_testnet::uplink(&ns, &outside);
         let data = tempfile::tempdir().expect("tempdir");
         let ipam = match flavor {
             Flavor::Ours => json!({
