@@ -554,9 +554,16 @@ mod scenarios {
                 "{to}:{port}: under the Cluster policy outside clients are masqueraded to the node"
             );
         }
-        // The pod network reaches the NodePort and the external IP as well.
-        let o = tcp(&c.client.ns, ip(NODE_V4), 30080, DROP);
-        assert_eq!(o.server(), c.pod(0).v4);
+        // The pod network and the node itself reach the NodePort and the external IP as well.
+        for (from, to, port) in [
+            (&c.client.ns, NODE_V4, 30080),
+            (&c.client.ns, "203.0.113.7", 80),
+            (&c.node, NODE_V4, 30080),
+            (&c.node, "203.0.113.9", 80),
+        ] {
+            let o = tcp(from, ip(to), port, DROP);
+            assert_eq!(o.server(), c.pod(0).v4, "{} to {to}:{port}", from.name);
+        }
     }
 
     pub fn external_traffic_policy_local() {
