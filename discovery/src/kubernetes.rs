@@ -191,8 +191,14 @@ impl Stores {
     fn object_store(&self) -> ObjectStore {
         let mut out = ObjectStore::default();
         for s in self.namespaces.values() {
-            out.namespaces
-                .extend(s.objects.values().map(|n| n.name.clone()));
+            for n in s.objects.values() {
+                out.namespaces.insert(n.name.clone());
+                if !n.labels.is_empty() {
+                    out.policy
+                        .namespace_labels
+                        .insert(n.name.clone(), Arc::new(n.labels.clone()));
+                }
+            }
         }
         out.namespaces.extend(self.fixed_namespaces.iter().cloned());
         for s in self.services.values() {
@@ -243,8 +249,8 @@ trait Kind:
 impl Kind for core::Namespace {
     type Model = Namespace;
     const NAME: &'static str = "Namespace";
-    fn convert(&self, _: Fields) -> Result<Namespace, ConvertError> {
-        Namespace::try_from(self)
+    fn convert(&self, fields: Fields) -> Result<Namespace, ConvertError> {
+        Namespace::convert(self, fields)
     }
     fn key(m: &Namespace) -> ObjectKey {
         ObjectKey::new("", &m.name)
@@ -293,8 +299,8 @@ impl Kind for disc::EndpointSlice {
 impl Kind for core::Pod {
     type Model = Pod;
     const NAME: &'static str = "Pod";
-    fn convert(&self, _: Fields) -> Result<Pod, ConvertError> {
-        Pod::try_from(self)
+    fn convert(&self, fields: Fields) -> Result<Pod, ConvertError> {
+        Pod::convert(self, fields)
     }
     fn key(m: &Pod) -> ObjectKey {
         m.key()

@@ -15,6 +15,7 @@
 pub mod kubernetes;
 pub mod manifests;
 pub mod model;
+pub mod policy;
 pub mod snapshot;
 
 pub use model::{Fields, Object, ObjectKey};

@@ -31,6 +31,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{EndpointSlice, Fields, Namespace, Object, Pod, Service};
+use crate::policy::{AdminPolicy, NetworkPolicy, Node};
+
+/// The API group and version of AdminNetworkPolicy and BaselineAdminNetworkPolicy.
+pub const POLICY_API: &str = "policy.networking.k8s.io/v1alpha1";
 use crate::snapshot::{ClusterSnapshot, ObjectStore, Publisher};
 
 /// A problem with one file or one document in it.
@@ -169,6 +173,10 @@ fn list_item_kind(list_kind: &str) -> Option<(&'static str, &'static str)> {
         "ServiceList" => Some(("v1", "Service")),
         "EndpointSliceList" => Some(("discovery.k8s.io/v1", "EndpointSlice")),
         "PodList" => Some(("v1", "Pod")),
+        "NodeList" => Some(("v1", "Node")),
+        "NetworkPolicyList" => Some(("networking.k8s.io/v1", "NetworkPolicy")),
+        "AdminNetworkPolicyList" => Some((POLICY_API, "AdminNetworkPolicy")),
+        "BaselineAdminNetworkPolicyList" => Some((POLICY_API, "BaselineAdminNetworkPolicy")),
         _ => None,
     }
 }
@@ -204,7 +212,7 @@ fn convert_value(
     }
     let obj = match (api.as_str(), kind.as_str()) {
         ("v1", "Namespace") => Object::Namespace(
-            Namespace::try_from(&typed::<core::Namespace>(doc, &kind)?)
+            Namespace::convert(&typed::<core::Namespace>(doc, &kind)?, fields)
                 .map_err(|e| e.to_string())?,
         ),
         ("v1", "Service") => Object::Service(
@@ -215,10 +223,32 @@ fn convert_value(
             EndpointSlice::convert(&typed::<disc::EndpointSlice>(doc, &kind)?, fields)
                 .map_err(|e| e.to_string())?,
         ),
-        ("v1", "Pod") => {
-            Object::Pod(Pod::try_from(&typed::<core::Pod>(doc, &kind)?).map_err(|e| e.to_string())?)
-        }
+        ("v1", "Pod") => Object::Pod(
+            Pod::convert(&typed::<core::Pod>(doc, &kind)?, fields).map_err(|e| e.to_string())?,
+        ),
         (_, "Namespace" | "Service" | "EndpointSlice" | "Pod") => {
+            return Err(format!("{kind} with unsupported apiVersion {api:?}"));
+        }
+        ("networking.k8s.io/v1", "NetworkPolicy") if fields.policy => Object::NetworkPolicy(
+            NetworkPolicy::convert(&typed::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+                doc, &kind,
+            )?)
+            .map_err(|e| e.to_string())?,
+        ),
+        (POLICY_API, "AdminNetworkPolicy") if fields.policy => {
+            Object::AdminNetworkPolicy(AdminPolicy::convert(doc, false).map_err(|e| e.to_string())?)
+        }
+        (POLICY_API, "BaselineAdminNetworkPolicy") if fields.policy => {
+            Object::BaselineAdminNetworkPolicy(
+                AdminPolicy::convert(doc, true).map_err(|e| e.to_string())?,
+            )
+        }
+        ("v1", "Node") if fields.policy => Object::Node(
+            Node::convert(&typed::<core::Node>(doc, &kind)?).map_err(|e| e.to_string())?,
+        ),
+        (_, "NetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" | "Node")
+            if fields.policy =>
+        {
             return Err(format!("{kind} with unsupported apiVersion {api:?}"));
         }
         _ => {

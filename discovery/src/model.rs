@@ -53,16 +53,29 @@ pub struct Fields {
     /// What the service proxy routes by: node ports, external and load-balancer addresses,
     /// session affinity, traffic policies, and each endpoint's node.
     pub traffic: bool,
+    /// What the policy daemon matches on: labels of Namespaces and Pods, each pod's node,
+    /// container ports and host networking; and the policy kinds and Nodes themselves.
+    pub policy: bool,
 }
 
 impl Fields {
     /// What the service proxy reads.
-    pub const TRAFFIC: Fields = Fields { traffic: true };
+    pub const TRAFFIC: Fields = Fields {
+        traffic: true,
+        policy: false,
+    };
+    /// What the policy daemon reads.
+    pub const POLICY: Fields = Fields {
+        traffic: false,
+        policy: true,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     pub name: String,
+    /// Only with [`Fields::policy`]; empty otherwise.
+    pub labels: crate::policy::Labels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -235,6 +248,27 @@ pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
+    /// What policies match on, with [`Fields::policy`]; `None` otherwise.
+    pub policy: Option<Box<PodPolicy>>,
+}
+
+/// A named container port, for policies that name ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What policies match a pod on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPolicy {
+    pub labels: crate::policy::Labels,
+    pub node_name: Option<String>,
+    /// Named container ports (unnamed ones cannot be named by a policy).
+    pub ports: Vec<ContainerPort>,
+    /// `spec.hostNetwork`: the pod has the node's addresses, and policies do not select it.
+    pub host_network: bool,
 }
 
 impl Pod {
@@ -250,6 +284,10 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
+    NetworkPolicy(crate::policy::NetworkPolicy),
+    AdminNetworkPolicy(crate::policy::AdminPolicy),
+    BaselineAdminNetworkPolicy(crate::policy::AdminPolicy),
+    Node(crate::policy::Node),
 }
 
 impl Object {
@@ -259,6 +297,10 @@ impl Object {
             Self::Service(_) => "Service",
             Self::EndpointSlice(_) => "EndpointSlice",
             Self::Pod(_) => "Pod",
+            Self::NetworkPolicy(_) => "NetworkPolicy",
+            Self::AdminNetworkPolicy(_) => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicy(_) => "BaselineAdminNetworkPolicy",
+            Self::Node(_) => "Node",
         }
     }
 
@@ -269,6 +311,10 @@ impl Object {
             Self::Service(s) => ("Service", &s.namespace, &s.name),
             Self::EndpointSlice(s) => ("EndpointSlice", &s.namespace, &s.name),
             Self::Pod(p) => ("Pod", &p.namespace, &p.name),
+            Self::NetworkPolicy(p) => ("NetworkPolicy", &p.namespace, &p.name),
+            Self::AdminNetworkPolicy(p) => ("AdminNetworkPolicy", "", &p.name),
+            Self::BaselineAdminNetworkPolicy(p) => ("BaselineAdminNetworkPolicy", "", &p.name),
+            Self::Node(n) => ("Node", "", &n.name),
         }
     }
 }
@@ -276,14 +322,14 @@ impl Object {
 /// Namespace used for namespaced objects that name none, as kubectl does.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-struct Meta {
-    kind: &'static str,
-    namespace: String,
-    name: String,
+pub(crate) struct Meta {
+    pub(crate) kind: &'static str,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 impl Meta {
-    fn of(
+    pub(crate) fn of(
         kind: &'static str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         namespaced: bool,
@@ -305,7 +351,8 @@ impl Meta {
         if this.name.is_empty() {
             return Err(this.err("metadata.name is missing"));
         }
-        if !is_dns_label(&this.name) && kind != "EndpointSlice" && kind != "Pod" {
+        // Services and Namespaces are DNS labels in names; other kinds allow dots.
+        if !is_dns_label(&this.name) && matches!(kind, "Service" | "Namespace") {
             return Err(this.err(format!(
                 "metadata.name {:?} is not a DNS label (lower-case letters, digits and '-', at most 63)",
                 this.name
@@ -320,7 +367,7 @@ impl Meta {
         Ok(this)
     }
 
-    fn err(&self, reason: impl Into<String>) -> ConvertError {
+    pub(crate) fn err(&self, reason: impl Into<String>) -> ConvertError {
         let object = match (self.namespace.is_empty(), self.name.is_empty()) {
             (_, true) => "<unnamed>".to_string(),
             (true, false) => self.name.clone(),
@@ -361,8 +408,25 @@ impl TryFrom<&core::Namespace> for Namespace {
     type Error = ConvertError;
 
     fn try_from(ns: &core::Namespace) -> Result<Self, Self::Error> {
+        Namespace::convert(ns, Fields::default())
+    }
+}
+
+impl Namespace {
+    pub fn convert(ns: &core::Namespace, fields: Fields) -> Result<Self, ConvertError> {
         let meta = Meta::of("Namespace", &ns.metadata, false)?;
-        Ok(Self { name: meta.name })
+        let mut labels = crate::policy::Labels::new();
+        if fields.policy {
+            labels = ns.metadata.labels.clone().unwrap_or_default();
+            // The API server sets this label on every namespace; manifests may leave it out.
+            labels
+                .entry("kubernetes.io/metadata.name".into())
+                .or_insert_with(|| meta.name.clone());
+        }
+        Ok(Self {
+            name: meta.name,
+            labels,
+        })
     }
 }
 
@@ -696,6 +760,12 @@ impl TryFrom<&core::Pod> for Pod {
     type Error = ConvertError;
 
     fn try_from(pod: &core::Pod) -> Result<Self, Self::Error> {
+        Pod::convert(pod, Fields::default())
+    }
+}
+
+impl Pod {
+    pub fn convert(pod: &core::Pod, fields: Fields) -> Result<Self, ConvertError> {
         let meta = Meta::of("Pod", &pod.metadata, true)?;
         let status = pod.status.as_ref();
         let mut ips = Vec::new();
@@ -718,10 +788,44 @@ impl TryFrom<&core::Pod> for Pod {
                 }
             }
         }
+        let policy = if fields.policy {
+            let spec = pod.spec.as_ref();
+            let mut ports = Vec::new();
+            let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
+            for (c, container) in containers.enumerate() {
+                for (i, p) in container.ports.iter().flatten().enumerate() {
+                    let Some(name) = p.name.clone().filter(|n| !n.is_empty()) else {
+                        continue;
+                    };
+                    let field = format!("spec.containers[{c}].ports[{i}]");
+                    ports.push(ContainerPort {
+                        name,
+                        protocol: Protocol::parse(p.protocol.as_deref())
+                            .map_err(|e| meta.err(format!("{field}: {e}")))?,
+                        port: parse_port(
+                            &meta,
+                            &format!("{field}.containerPort"),
+                            p.container_port,
+                        )?,
+                    });
+                }
+            }
+            Some(Box::new(PodPolicy {
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                node_name: spec
+                    .and_then(|s| s.node_name.clone())
+                    .filter(|n| !n.is_empty()),
+                ports,
+                host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            }))
+        } else {
+            None
+        };
         Ok(Self {
             namespace: meta.namespace,
             name: meta.name,
             ips,
+            policy,
         })
     }
 }

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::model::{EndpointSlice, Object, ObjectKey, Pod, Service};
+use crate::policy::{AdminPolicy, Labels, NetworkPolicy, Node};
 
 /// Every object a source currently knows, keyed by identity. Sources mutate this; the publisher
 /// turns it into an immutable [`ClusterSnapshot`].
@@ -26,6 +27,55 @@ pub struct ObjectStore {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    /// Read only with [`crate::Fields::policy`]; empty otherwise.
+    pub policy: PolicyObjects,
+}
+
+/// What the policy daemon reads beyond the DNS kinds.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyObjects {
+    /// Labels of the namespaces that have any.
+    pub namespace_labels: BTreeMap<String, Arc<Labels>>,
+    pub network_policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
+    /// AdminNetworkPolicies by name.
+    pub admin: BTreeMap<String, Arc<AdminPolicy>>,
+    /// BaselineAdminNetworkPolicies by name (only `default` converts).
+    pub baseline: BTreeMap<String, Arc<AdminPolicy>>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
+}
+
+fn share<K: Clone + Ord, V>(into: &mut BTreeMap<K, Arc<V>>, from: &BTreeMap<K, Arc<V>>) {
+    for (k, v) in from {
+        into.insert(k.clone(), Arc::clone(v));
+    }
+}
+
+fn keep<K: Ord, V>(into: &mut BTreeMap<K, V>, old: BTreeMap<K, V>) {
+    for (k, v) in old {
+        into.entry(k).or_insert(v);
+    }
+}
+
+impl PolicyObjects {
+    fn share_all(&mut self, other: &PolicyObjects) {
+        share(&mut self.namespace_labels, &other.namespace_labels);
+        share(&mut self.network_policies, &other.network_policies);
+        share(&mut self.admin, &other.admin);
+        share(&mut self.baseline, &other.baseline);
+        share(&mut self.nodes, &other.nodes);
+    }
+
+    fn keep_missing(&mut self, old: PolicyObjects) {
+        keep(&mut self.namespace_labels, old.namespace_labels);
+        keep(&mut self.network_policies, old.network_policies);
+        keep(&mut self.admin, old.admin);
+        keep(&mut self.baseline, old.baseline);
+        keep(&mut self.nodes, old.nodes);
+    }
+
+    fn len(&self) -> usize {
+        self.network_policies.len() + self.admin.len() + self.baseline.len() + self.nodes.len()
+    }
 }
 
 impl ObjectStore {
@@ -33,7 +83,34 @@ impl ObjectStore {
     /// already there (the new one wins).
     pub fn insert(&mut self, obj: Object) -> bool {
         match obj {
-            Object::Namespace(n) => !self.namespaces.insert(n.name),
+            Object::Namespace(n) => {
+                if !n.labels.is_empty() {
+                    self.policy
+                        .namespace_labels
+                        .insert(n.name.clone(), Arc::new(n.labels));
+                }
+                !self.namespaces.insert(n.name)
+            }
+            Object::NetworkPolicy(p) => self
+                .policy
+                .network_policies
+                .insert(p.key(), Arc::new(p))
+                .is_some(),
+            Object::AdminNetworkPolicy(p) => self
+                .policy
+                .admin
+                .insert(p.name.clone(), Arc::new(p))
+                .is_some(),
+            Object::BaselineAdminNetworkPolicy(p) => self
+                .policy
+                .baseline
+                .insert(p.name.clone(), Arc::new(p))
+                .is_some(),
+            Object::Node(n) => self
+                .policy
+                .nodes
+                .insert(n.name.clone(), Arc::new(n))
+                .is_some(),
             Object::Service(s) => self.services.insert(s.key(), Arc::new(s)).is_some(),
             Object::EndpointSlice(s) => self.endpoint_slices.insert(s.key(), Arc::new(s)).is_some(),
             Object::Pod(p) => self.pods.insert(p.key(), Arc::new(p)).is_some(),
@@ -43,29 +120,19 @@ impl ObjectStore {
     /// Adds every object of `other`, sharing its `Arc`s; `other` wins on the same identity.
     pub fn share_all(&mut self, other: &ObjectStore) {
         self.namespaces.extend(other.namespaces.iter().cloned());
-        for (k, v) in &other.services {
-            self.services.insert(k.clone(), Arc::clone(v));
-        }
-        for (k, v) in &other.endpoint_slices {
-            self.endpoint_slices.insert(k.clone(), Arc::clone(v));
-        }
-        for (k, v) in &other.pods {
-            self.pods.insert(k.clone(), Arc::clone(v));
-        }
+        share(&mut self.services, &other.services);
+        share(&mut self.endpoint_slices, &other.endpoint_slices);
+        share(&mut self.pods, &other.pods);
+        self.policy.share_all(&other.policy);
     }
 
     /// Adds the objects of `old` whose identity this store does not have.
     pub fn keep_missing(&mut self, old: ObjectStore) {
         self.namespaces.extend(old.namespaces);
-        for (k, v) in old.services {
-            self.services.entry(k).or_insert(v);
-        }
-        for (k, v) in old.endpoint_slices {
-            self.endpoint_slices.entry(k).or_insert(v);
-        }
-        for (k, v) in old.pods {
-            self.pods.entry(k).or_insert(v);
-        }
+        keep(&mut self.services, old.services);
+        keep(&mut self.endpoint_slices, old.endpoint_slices);
+        keep(&mut self.pods, old.pods);
+        self.policy.keep_missing(old.policy);
     }
 
     /// Calls `f` with the kind, namespace and name of every object.
@@ -77,15 +144,38 @@ impl ObjectStore {
             ("Service", self.services.keys().collect::<Vec<_>>()),
             ("EndpointSlice", self.endpoint_slices.keys().collect()),
             ("Pod", self.pods.keys().collect()),
+            (
+                "NetworkPolicy",
+                self.policy.network_policies.keys().collect(),
+            ),
         ] {
             for k in keys {
                 f(kind, &k.namespace, &k.name);
             }
         }
+        for (kind, names) in [
+            (
+                "AdminNetworkPolicy",
+                self.policy.admin.keys().collect::<Vec<_>>(),
+            ),
+            (
+                "BaselineAdminNetworkPolicy",
+                self.policy.baseline.keys().collect(),
+            ),
+            ("Node", self.policy.nodes.keys().collect()),
+        ] {
+            for n in names {
+                f(kind, "", n);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.namespaces.len() + self.services.len() + self.endpoint_slices.len() + self.pods.len()
+        self.namespaces.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.pods.len()
+            + self.policy.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -216,7 +306,10 @@ mod tests {
         let (p, rx) = Publisher::new();
         assert!(!rx.borrow().synced);
         let mut store = ObjectStore::default();
-        store.insert(Object::Namespace(Namespace { name: "a".into() }));
+        store.insert(Object::Namespace(Namespace {
+            name: "a".into(),
+            labels: Default::default(),
+        }));
         store.insert(slice("a", "web-1", "web"));
         store.insert(slice("a", "web-2", "web"));
         store.insert(slice("b", "web-1", "web"));

@@ -113,7 +113,7 @@ fn change(store: &mut ObjectStore, input: &mut Bytes<'_>) -> Option<()> {
         }
         6 => {
             if !store.namespaces.remove(&ns) {
-                store.insert(Object::Namespace(Namespace { name: ns }));
+                store.insert(Object::Namespace(Namespace { name: ns, labels: Default::default() }));
             }
         }
         _ => {
@@ -123,6 +123,7 @@ fn change(store: &mut ObjectStore, input: &mut Bytes<'_>) -> Option<()> {
                     namespace: ns,
                     name: key.name,
                     ips: vec![ip(b)],
+                    policy: None,
                 }));
             }
         }

@@ -187,6 +187,7 @@ impl World {
             namespace: self.pick(NAMESPACES).to_string(),
             name: format!("pod-{}", self.rng.u8(..6)),
             ips: (0..self.rng.usize(..3)).map(|_| self.ip()).collect(),
+            policy: None,
         }
     }
 
@@ -323,11 +324,12 @@ fn case_table_replies_match_after_one_object_at_a_time() {
     assert!(dir.scan().errors.is_empty());
     let all = dir.objects();
     let mut objects: Vec<Object> = Vec::new();
-    objects.extend(
-        all.namespaces
-            .iter()
-            .map(|n| Object::Namespace(discovery::model::Namespace { name: n.clone() })),
-    );
+    objects.extend(all.namespaces.iter().map(|n| {
+        Object::Namespace(discovery::model::Namespace {
+            name: n.clone(),
+            labels: Default::default(),
+        })
+    }));
     objects.extend(
         all.services
             .values()
@@ -447,6 +449,7 @@ fn a_full_build_over_many_arena_chunks_matches_one_service_at_a_time() {
     for ns in 0..10 {
         store.insert(Object::Namespace(discovery::model::Namespace {
             name: format!("ns-{ns}"),
+            labels: Default::default(),
         }));
     }
     let mut snap = ClusterSnapshot::new(store.clone(), 1, 7, true);
