@@ -94,8 +94,10 @@ pub enum PolicyPort {
     },
     /// Every port of the protocol.
     All(Protocol),
+    /// A container port of the destination pod, by name; with a protocol (NetworkPolicy), the
+    /// container port must have it too; without (AdminNetworkPolicy), its own protocol counts.
     Named {
-        protocol: Protocol,
+        protocol: Option<Protocol>,
         name: String,
     },
 }
@@ -204,7 +206,7 @@ fn np_port(p: &net::NetworkPolicyPort, field: &str) -> Result<PolicyPort, String
                     }
                 }
                 Err(_) => PolicyPort::Named {
-                    protocol,
+                    protocol: Some(protocol),
                     name: name.clone(),
                 },
             }
@@ -591,7 +593,7 @@ fn admin_port(p: &wire::Port, field: &str) -> Result<PolicyPort, String> {
         }
         (None, Some(name), None) => Ok(PolicyPort::Named {
             // A named port carries the protocol of the container port it names.
-            protocol: Protocol::Tcp,
+            protocol: None,
             name: name.clone(),
         }),
         (None, None, Some(r)) => {
@@ -798,7 +800,7 @@ mod tests {
                     end: 8080
                 },
                 PolicyPort::Named {
-                    protocol: Protocol::Tcp,
+                    protocol: Some(Protocol::Tcp),
                     name: "http".into()
                 },
                 PolicyPort::Range {

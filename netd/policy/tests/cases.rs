@@ -1,0 +1,448 @@
+//! The evaluator against a table of cases: one small cluster, a set of policies per case, and
+//! the verdict each connection must get. The cluster, as manifests:
+//!
+//! ```text
+//!  namespace a (team: red)     b (team: blue)     c (team: green)
+//!  pod x  app: web  10.0.N.1   ports http 80/TCP, dns 53/UDP
+//!  pod y  app: db   10.0.N.2   ports pg 5432/TCP
+//!  pod z  app: client 10.0.N.3
+//!  (N = 1, 2, 3 for a, b, c)   nodes: node-1 192.0.2.1 (role: worker), node-2 192.0.2.2 (role: control)
+//!  a host-network pod a/h on 192.0.2.1; an outside address 198.51.100.9
+//! ```
+//!
+//! Each case names the semantics it pins down. A connection is `src -> dst proto/port`, where an
+//! end is `ns/pod` or an address.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use discovery::model::Protocol;
+use discovery::{ClusterSnapshot, Fields, ObjectStore};
+use netd_policy::eval::{Flow, Verdict, World};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {team: red}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b, labels: {team: blue}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: c, labels: {team: green}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {role: control}}
+status: {addresses: [{type: InternalIP, address: 192.0.2.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: h, namespace: a, labels: {app: web}}
+spec: {nodeName: node-1, hostNetwork: true, containers: [{name: c}]}
+status: {podIP: 192.0.2.1}
+"#;
+
+fn pods() -> String {
+    let mut out = String::new();
+    for (n, ns) in ["a", "b", "c"].iter().enumerate() {
+        for (i, (pod, app, ports)) in [
+            (
+                "x",
+                "web",
+                "[{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]",
+            ),
+            ("y", "db", "[{name: pg, containerPort: 5432}]"),
+            ("z", "client", "[]"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            out.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: '{pod}', namespace: {ns}, labels: {{app: {app}}}}}\n\
+                 spec: {{nodeName: node-1, containers: [{{name: c, ports: {ports}}}]}}\n\
+                 status: {{podIP: 10.0.{}.{}}}\n",
+                n + 1,
+                i + 1
+            ));
+        }
+    }
+    out
+}
+
+fn snapshot(policies: &str) -> ClusterSnapshot {
+    let text = format!("{CLUSTER}{}---\n{policies}", pods());
+    let parsed =
+        discovery::manifests::parse_manifest_with(Path::new("case.yaml"), &text, Fields::POLICY);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let mut store = ObjectStore::default();
+    for obj in parsed.objects {
+        store.insert(obj);
+    }
+    ClusterSnapshot::new(store, 1, 1, true)
+}
+
+fn address(end: &str) -> IpAddr {
+    if let Ok(ip) = end.parse() {
+        return ip;
+    }
+    let (ns, pod) = end.split_once('/').expect("ns/pod or an address");
+    let n = match ns {
+        "a" => 1,
+        "b" => 2,
+        "c" => 3,
+        other => panic!("no namespace {other}"),
+    };
+    let i = match pod {
+        "x" => 1,
+        "y" => 2,
+        "z" => 3,
+        other => panic!("no pod {other}"),
+    };
+    format!("10.0.{n}.{i}").parse().expect("address")
+}
+
+/// `"a/z -> b/x tcp/80"`.
+fn flow(text: &str) -> Flow {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() == 4 && words[1] == "->", "bad flow {text:?}");
+    let (proto, port) = words[3].split_once('/').expect("proto/port");
+    Flow {
+        src: address(words[0]),
+        dst: address(words[2]),
+        protocol: match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            other => panic!("protocol {other}"),
+        },
+        port: port.parse().expect("port"),
+    }
+}
+
+use Verdict::{Allow, Deny};
+
+struct Case {
+    name: &'static str,
+    policies: &'static str,
+    flows: &'static [(&'static str, Verdict)],
+}
+
+const NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
+const ANP: &str = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\n";
+const BANP: &str =
+    "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\n";
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "no policy: everything is allowed",
+            policies: "",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("198.51.100.9 -> c/y tcp/5432", Allow),
+                ("a/x -> 198.51.100.9 udp/53", Allow),
+            ],
+        },
+        Case {
+            name: "default-deny ingress isolates ingress only",
+            policies: "NP metadata: {name: deny, namespace: a}\nspec: {podSelector: {}}",
+            flows: &[
+                ("b/z -> a/x tcp/80", Deny),
+                ("a/z -> a/x tcp/80", Deny),
+                ("198.51.100.9 -> a/x tcp/80", Deny),
+                ("a/x -> b/x tcp/80", Allow),
+                ("b/z -> b/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "policyTypes default: egress rules isolate egress, ingress always",
+            policies: "NP metadata: {name: out, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  egress: [{to: [{namespaceSelector: {matchLabels: {team: blue}}}]}]",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("a/z -> c/x tcp/80", Deny),
+                ("a/z -> 198.51.100.9 tcp/443", Deny),
+                ("b/z -> a/z tcp/80", Deny),
+                ("a/x -> c/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "podSelector peer: same namespace only",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]",
+            flows: &[
+                ("a/z -> a/x tcp/80", Allow),
+                ("b/z -> a/x tcp/80", Deny),
+                ("a/y -> a/x tcp/80", Deny),
+                ("b/z -> a/y tcp/5432", Allow),
+            ],
+        },
+        Case {
+            name: "namespaceSelector peer: every pod of the namespaces",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]",
+            flows: &[
+                ("b/z -> a/x tcp/80", Allow),
+                ("b/x -> a/y tcp/5432", Allow),
+                ("c/z -> a/x tcp/80", Deny),
+                ("a/z -> a/x tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "namespaceSelector and podSelector in one peer: both must match",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: blue}}, podSelector: {matchLabels: {app: client}}}]",
+            flows: &[
+                ("b/z -> a/x tcp/80", Allow),
+                ("b/x -> a/x tcp/80", Deny),
+                ("a/z -> a/x tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "namespaceSelector and podSelector as two peers: either matches",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: blue}}}, {podSelector: {matchLabels: {app: client}}}]",
+            flows: &[
+                ("b/x -> a/x tcp/80", Allow),
+                ("a/z -> a/x tcp/80", Allow),
+                ("c/z -> a/x tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "ipBlock with except, matching pod addresses too",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.0/24]}}]}]",
+            flows: &[
+                ("a/z -> a/x tcp/80", Allow),
+                ("c/z -> a/x tcp/80", Allow),
+                ("b/z -> a/x tcp/80", Deny),
+                ("198.51.100.9 -> a/x tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "ports: number, range, name with its protocol; protocols kept apart",
+            policies: "NP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 5432}, {port: 8000, endPort: 8080}, {port: dns, protocol: UDP}, {port: http}]",
+            flows: &[
+                ("b/z -> a/y tcp/5432", Allow),
+                ("b/z -> a/y udp/5432", Deny),
+                ("b/z -> a/x tcp/8080", Allow),
+                ("b/z -> a/x tcp/8081", Deny),
+                ("b/z -> a/x udp/53", Allow),
+                ("b/z -> a/x tcp/53", Deny),
+                ("b/z -> a/x tcp/80", Allow),
+                ("b/z -> a/y tcp/80", Deny),
+                ("b/z -> a/x sctp/80", Deny),
+            ],
+        },
+        Case {
+            name: "named port on egress resolves against the destination pod",
+            policies: "NP metadata: {name: out, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: http}]}]",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("a/z -> b/y tcp/80", Deny),
+                ("a/z -> 198.51.100.9 tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "policies are additive",
+            policies: "NP metadata: {name: one, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]\n---\nNP metadata: {name: two, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: green}}}]}]",
+            flows: &[
+                ("b/z -> a/x tcp/80", Allow),
+                ("c/z -> a/x tcp/80", Allow),
+                ("c/z -> a/y tcp/5432", Deny),
+            ],
+        },
+        Case {
+            name: "a connection needs the source's egress and the destination's ingress",
+            policies: "NP metadata: {name: out, namespace: a}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {team: blue}}}]}]\n---\nNP metadata: {name: in, namespace: b}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: red}}}]}]",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("a/z -> c/x tcp/80", Deny),
+                ("c/z -> b/x tcp/80", Deny),
+                ("c/z -> a/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "an AdminNetworkPolicy Deny beats a NetworkPolicy allow",
+            policies: "ANP metadata: {name: guard}\nspec:\n  priority: 10\n  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {team: blue}}}]}]\n---\nNP metadata: {name: all, namespace: a}\nspec: {podSelector: {}, ingress: [{}]}",
+            flows: &[("b/z -> a/x tcp/80", Deny), ("c/z -> a/x tcp/80", Allow)],
+        },
+        Case {
+            name: "an AdminNetworkPolicy Allow beats a NetworkPolicy deny",
+            policies: "ANP metadata: {name: monitoring}\nspec:\n  priority: 10\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {matchLabels: {team: green}}}]}]\n---\nNP metadata: {name: deny, namespace: a}\nspec: {podSelector: {}}",
+            flows: &[("c/z -> a/x tcp/80", Allow), ("b/z -> a/x tcp/80", Deny)],
+        },
+        Case {
+            name: "admin policies in priority order, lowest number first",
+            policies: "ANP metadata: {name: allow}\nspec:\n  priority: 10\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {matchLabels: {team: blue}}}]}]\n---\nANP metadata: {name: deny}\nspec:\n  priority: 20\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]",
+            flows: &[("b/z -> a/x tcp/80", Allow), ("c/z -> a/x tcp/80", Deny)],
+        },
+        Case {
+            name: "rules in order within an admin policy",
+            policies: "ANP metadata: {name: ordered}\nspec:\n  priority: 1\n  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress:\n  - {name: no-clients, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}}]}\n  - {name: blue, action: Allow, from: [{namespaces: {matchLabels: {team: blue}}}]}\n  - {name: rest, action: Deny, from: [{namespaces: {}}]}",
+            flows: &[
+                ("b/z -> a/x tcp/80", Deny),
+                ("b/x -> a/x tcp/80", Allow),
+                ("c/x -> a/x tcp/80", Deny),
+                ("c/x -> b/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "Pass skips the remaining admin rules and hands over to NetworkPolicy",
+            policies: "ANP metadata: {name: pass}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Pass, from: [{namespaces: {matchLabels: {team: blue}}}]}]\n---\nANP metadata: {name: later}\nspec:\n  priority: 2\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {}}]}]\n---\nNP metadata: {name: deny, namespace: a}\nspec: {podSelector: {}}",
+            flows: &[
+                ("b/z -> a/x tcp/80", Deny),
+                ("c/z -> a/x tcp/80", Allow),
+                ("b/z -> c/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "Pass without a NetworkPolicy goes to the baseline",
+            policies: "ANP metadata: {name: pass}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Pass, from: [{namespaces: {matchLabels: {team: blue}}}]}]\n---\nBANP metadata: {name: default}\nspec:\n  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]",
+            flows: &[("b/z -> a/x tcp/80", Deny), ("b/z -> c/x tcp/80", Allow)],
+        },
+        Case {
+            name: "a NetworkPolicy that selects the pod beats the baseline",
+            policies: "BANP metadata: {name: default}\nspec:\n  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]\n---\nNP metadata: {name: web, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]",
+            flows: &[
+                ("b/z -> a/x tcp/80", Allow),
+                ("b/z -> a/y tcp/5432", Deny),
+                ("198.51.100.9 -> a/y tcp/5432", Allow),
+            ],
+        },
+        Case {
+            name: "baseline rules in order, Allow before Deny",
+            policies: "BANP metadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  egress:\n  - {action: Allow, to: [{networks: [10.0.0.0/16]}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("a/z -> 198.51.100.9 tcp/443", Deny),
+            ],
+        },
+        Case {
+            name: "networks peers match outside addresses and pods alike",
+            policies: "ANP metadata: {name: nets}\nspec:\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: red}}}\n  egress:\n  - {action: Deny, to: [{networks: [198.51.100.0/24, 10.0.2.0/24]}]}",
+            flows: &[
+                ("a/x -> 198.51.100.9 tcp/443", Deny),
+                ("a/x -> b/x tcp/80", Deny),
+                ("a/x -> c/x tcp/80", Allow),
+                ("b/x -> 198.51.100.9 tcp/443", Allow),
+            ],
+        },
+        Case {
+            name: "nodes peers match the selected nodes' addresses",
+            policies: "ANP metadata: {name: nodes}\nspec:\n  priority: 5\n  subject: {namespaces: {}}\n  egress:\n  - {action: Allow, to: [{nodes: {matchLabels: {role: worker}}}]}\n  - {action: Deny, to: [{networks: [192.0.2.0/24]}]}",
+            flows: &[
+                ("a/z -> 192.0.2.1 tcp/10250", Allow),
+                ("a/z -> 192.0.2.2 tcp/10250", Deny),
+            ],
+        },
+        Case {
+            name: "admin ports: range, and a named port with the container port's protocol",
+            policies: "ANP metadata: {name: ports}\nspec:\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: red}}}\n  egress:\n  - {action: Deny, to: [{namespaces: {}}], ports: [{namedPort: dns}, {portRange: {start: 5000, end: 5500}}]}",
+            flows: &[
+                ("a/z -> b/x udp/53", Deny),
+                ("a/z -> b/x tcp/53", Allow),
+                ("a/z -> b/y tcp/5432", Deny),
+                ("a/z -> b/y udp/5432", Allow),
+                ("a/z -> b/x tcp/80", Allow),
+            ],
+        },
+        Case {
+            name: "subject by pods",
+            policies: "ANP metadata: {name: dbs}\nspec:\n  priority: 5\n  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]",
+            flows: &[
+                ("a/z -> a/y tcp/5432", Deny),
+                ("c/z -> b/y tcp/5432", Deny),
+                ("a/z -> a/x tcp/80", Allow),
+                ("198.51.100.9 -> a/y tcp/5432", Allow),
+            ],
+        },
+        Case {
+            name: "an unsupported peer fails closed",
+            policies: "ANP metadata: {name: allow-domain}\nspec:\n  priority: 1\n  subject: {namespaces: {matchLabels: {team: red}}}\n  egress: [{action: Allow, to: [{domainNames: ['*.example.com']}]}]\n---\nANP metadata: {name: deny-domain}\nspec:\n  priority: 2\n  subject: {namespaces: {matchLabels: {team: blue}}}\n  egress: [{action: Deny, to: [{domainNames: ['*.example.com']}]}]",
+            flows: &[
+                ("a/z -> 198.51.100.9 tcp/443", Allow),
+                ("b/z -> 198.51.100.9 tcp/443", Deny),
+                ("b/z -> c/x tcp/80", Deny),
+                ("c/z -> 198.51.100.9 tcp/443", Allow),
+            ],
+        },
+        Case {
+            name: "host-network pods are addresses, not pods",
+            policies: "NP metadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n---\nNP metadata: {name: web, namespace: b}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: red}}}]}]",
+            flows: &[
+                ("198.51.100.9 -> 192.0.2.1 tcp/10250", Allow),
+                ("192.0.2.1 -> b/x tcp/80", Deny),
+                ("a/z -> b/x tcp/80", Allow),
+            ],
+        },
+    ]
+}
+
+/// Writes `NP`, `ANP` and `BANP` at the start of a document as their apiVersion and kind.
+fn expand(policies: &str) -> String {
+    policies
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let d = d.trim_start();
+            if let Some(rest) = d.strip_prefix("BANP ") {
+                format!("{BANP}{rest}")
+            } else if let Some(rest) = d.strip_prefix("ANP ") {
+                format!("{ANP}{rest}")
+            } else if let Some(rest) = d.strip_prefix("NP ") {
+                format!("{NP}{rest}")
+            } else {
+                d.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+#[test]
+fn every_case_gets_its_verdicts() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let snap = snapshot(&expand(case.policies));
+        let world = World::new(&snap);
+        for (text, expected) in case.flows {
+            let decision = world.decide(&flow(text));
+            checked += 1;
+            if decision.verdict != *expected {
+                failures.push(format!(
+                    "{}: {text}: {:?}, expected {expected:?} ({})",
+                    case.name,
+                    decision.verdict,
+                    decision.why.join("; ")
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} flows wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_reason_names_the_deciding_policy_and_rule() {
+    let snap = snapshot(&expand(
+        "ANP metadata: {name: guard}\nspec:\n  priority: 3\n  subject: {namespaces: {}}\n  ingress: [{name: no-blue, action: Deny, from: [{namespaces: {matchLabels: {team: blue}}}]}]",
+    ));
+    let world = World::new(&snap);
+    let d = world.decide(&flow("b/z -> a/x tcp/80"));
+    assert_eq!(d.verdict, Deny);
+    assert_eq!(
+        d.why,
+        [
+            "egress of b/z: no policy decides: allowed",
+            "ingress of a/x: AdminNetworkPolicy guard ingress[0] (no-blue) Deny"
+        ]
+    );
+}
