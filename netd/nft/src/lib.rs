@@ -131,6 +131,10 @@ impl Set {
             && self.timeout == other.timeout
     }
 
+    fn is_interval(&self) -> bool {
+        self.flags.iter().any(|f| f == "interval")
+    }
+
     fn element(&self, key: &str) -> String {
         match (&self.value, self.elements.get(key)) {
             (Some(_), Some(value)) => format!("{key} : {value}"),
@@ -372,6 +376,11 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
             .sets
             .get(name)
             .filter(|_| !recreated_sets.contains(name));
+        // In an interval set, a new range may cover old elements, and nft refuses overlaps
+        // even within one transaction: those sets lose their old elements first.
+        if let Some(before) = before.filter(|_| set.is_interval()) {
+            element_lines(&mut out, "delete", &prefix, name, &removed(before, set));
+        }
         let added: Vec<String> = set
             .elements
             .iter()
@@ -408,17 +417,11 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
         let Some(before) = old
             .sets
             .get(name)
-            .filter(|_| !recreated_sets.contains(name))
+            .filter(|_| !recreated_sets.contains(name) && !set.is_interval())
         else {
             continue;
         };
-        let removed: Vec<String> = before
-            .elements
-            .keys()
-            .filter(|key| !set.elements.contains_key(*key))
-            .cloned()
-            .collect();
-        element_lines(&mut out, "delete", &prefix, name, &removed);
+        element_lines(&mut out, "delete", &prefix, name, &removed(before, set));
     }
     // Stale chains may jump to each other (a service chain's numgen vmap to its endpoint
     // chains): all are flushed before any is deleted, so none is still referenced.
@@ -442,6 +445,16 @@ pub fn diff(old: &Table, new: &Table) -> Result<String, BadName> {
         let _ = writeln!(out, "delete chain {prefix} {name}");
     }
     Ok(out)
+}
+
+/// The keys of `before` that `after` no longer has.
+fn removed(before: &Set, after: &Set) -> Vec<String> {
+    before
+        .elements
+        .keys()
+        .filter(|key| !after.elements.contains_key(*key))
+        .cloned()
+        .collect()
 }
 
 /// Whether `rule` mentions `token` as a whole word (`@affinity-x`, not `@affinity-xy`).

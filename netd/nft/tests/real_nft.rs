@@ -34,7 +34,9 @@ struct Ns(String);
 
 impl Ns {
     fn new() -> Ns {
-        let name = format!("nft{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("nft{}-{n}", std::process::id());
         assert!(
             Command::new("ip")
                 .args(["netns", "add", &name])
@@ -192,4 +194,28 @@ fn the_nft_applier_reports_what_nft_refused() {
         err.to_string().contains("nft refused the transaction"),
         "{err}"
     );
+}
+
+#[test]
+fn an_interval_set_can_trade_elements_for_a_range_that_covers_them() {
+    if !can_run() {
+        return;
+    }
+    let ns = Ns::new();
+    let table = |elements: &[&str]| {
+        let mut t = Table::new(Family::Inet, "netd-test");
+        let mut set = Set::of("ipv4_addr");
+        set.flags = vec!["interval".into()];
+        for e in elements {
+            set.elements.insert(e.to_string(), String::new());
+        }
+        t.sets.insert("peers".into(), set);
+        t
+    };
+    let before = table(&["10.0.0.1", "10.0.0.2", "10.0.1.0/24"]);
+    ns.apply(&render(&before).expect("render"));
+    // The new range overlaps the old elements: nft refuses the overlap unless they go first.
+    let after = table(&["10.0.0.0/16"]);
+    ns.apply(&diff(&before, &after).expect("diff"));
+    assert_eq!(ns.state(&after), expected(&after));
 }
