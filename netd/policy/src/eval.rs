@@ -67,12 +67,12 @@ static NO_LABELS: Labels = Labels::new();
 pub struct World<'a> {
     pods_by_ip: BTreeMap<IpAddr, PodView<'a>>,
     /// Every pod the policies can select (not host-network).
-    pods: Vec<PodView<'a>>,
-    network_policies: Vec<&'a NetworkPolicy>,
+    pub(crate) pods: Vec<PodView<'a>>,
+    pub(crate) network_policies: Vec<&'a NetworkPolicy>,
     /// Sorted by priority, then name.
-    admin: Vec<&'a AdminPolicy>,
-    baseline: Option<&'a AdminPolicy>,
-    node_ips: Vec<(&'a Labels, &'a [IpAddr])>,
+    pub(crate) admin: Vec<&'a AdminPolicy>,
+    pub(crate) baseline: Option<&'a AdminPolicy>,
+    pub(crate) node_ips: Vec<(&'a Labels, &'a [IpAddr])>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,14 +224,7 @@ impl<'a> World<'a> {
             .network_policies
             .iter()
             .copied()
-            .filter(|np| {
-                np.namespace == subject.pod.namespace
-                    && match dir {
-                        Dir::Ingress => np.ingress_isolation,
-                        Dir::Egress => np.egress_isolation,
-                    }
-                    && np.pod_selector.matches(subject.labels)
-            })
+            .filter(|np| np_selects(np, subject, dir == Dir::Ingress))
             .collect();
         if !selecting.is_empty() {
             for np in &selecting {
@@ -306,10 +299,9 @@ impl<'a> World<'a> {
 
     fn admin_peer(&self, p: &AdminPeer, peer: Peer<'a>) -> bool {
         match p {
-            AdminPeer::Namespaces(ns) => peer.pod.is_some_and(|v| ns.matches(v.namespace_labels)),
-            AdminPeer::Pods { namespaces, pods } => peer
-                .pod
-                .is_some_and(|v| namespaces.matches(v.namespace_labels) && pods.matches(v.labels)),
+            AdminPeer::Namespaces(_) | AdminPeer::Pods { .. } => {
+                peer.pod.is_some_and(|v| admin_peer_pod(p, v))
+            }
             AdminPeer::Nodes(sel) => self
                 .node_ips
                 .iter()
@@ -321,21 +313,52 @@ impl<'a> World<'a> {
 
     fn np_peer(&self, np: &NetworkPolicy, p: &NetworkPolicyPeer, peer: Peer<'a>) -> bool {
         match p {
-            NetworkPolicyPeer::Pods {
-                namespace_selector,
-                pod_selector,
-            } => peer.pod.is_some_and(|v| {
-                let ns_ok = match namespace_selector {
-                    None => v.pod.namespace == np.namespace,
-                    Some(sel) => sel.matches(v.namespace_labels),
-                };
-                ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(v.labels))
-            }),
+            NetworkPolicyPeer::Pods { .. } => peer.pod.is_some_and(|v| np_peer_pod(np, p, v)),
             NetworkPolicyPeer::IpBlock { cidr, except } => {
                 cidr.contains(&peer.ip) && !except.iter().any(|e| e.contains(&peer.ip))
             }
         }
     }
+}
+
+/// Whether pod `v` is the pod peer `p` (namespaces or pods) of an admin rule.
+pub(crate) fn admin_peer_pod(p: &AdminPeer, v: PodView<'_>) -> bool {
+    match p {
+        AdminPeer::Namespaces(ns) => ns.matches(v.namespace_labels),
+        AdminPeer::Pods { namespaces, pods } => {
+            namespaces.matches(v.namespace_labels) && pods.matches(v.labels)
+        }
+        _ => false,
+    }
+}
+
+/// Whether pod `v` is the pod peer `p` of NetworkPolicy `np` (an ipBlock matches addresses,
+/// not pods).
+pub(crate) fn np_peer_pod(np: &NetworkPolicy, p: &NetworkPolicyPeer, v: PodView<'_>) -> bool {
+    match p {
+        NetworkPolicyPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            let ns_ok = match namespace_selector {
+                None => v.pod.namespace == np.namespace,
+                Some(sel) => sel.matches(v.namespace_labels),
+            };
+            ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(v.labels))
+        }
+        NetworkPolicyPeer::IpBlock { .. } => false,
+    }
+}
+
+/// Whether NetworkPolicy `np` isolates pod `v` in direction `ingress` (else egress).
+pub(crate) fn np_selects(np: &NetworkPolicy, v: PodView<'_>, ingress: bool) -> bool {
+    np.namespace == v.pod.namespace
+        && if ingress {
+            np.ingress_isolation
+        } else {
+            np.egress_isolation
+        }
+        && np.pod_selector.matches(v.labels)
 }
 
 fn name(v: PodView<'_>) -> String {
@@ -364,7 +387,7 @@ fn verdict_of(action: AdminAction) -> Verdict {
     }
 }
 
-fn subject_matches(subject: &AdminSubject, v: PodView<'_>) -> bool {
+pub(crate) fn subject_matches(subject: &AdminSubject, v: PodView<'_>) -> bool {
     match subject {
         AdminSubject::Namespaces(ns) => ns.matches(v.namespace_labels),
         AdminSubject::Pods { namespaces, pods } => {

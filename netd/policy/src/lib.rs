@@ -6,3 +6,4 @@
 //! tests are still to come; the ruleset will be checked against this evaluator.
 
 pub mod eval;
+pub mod plan;

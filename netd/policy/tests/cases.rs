@@ -446,3 +446,38 @@ fn the_reason_names_the_deciding_policy_and_rule() {
         ]
     );
 }
+
+/// Every case's table, and every diff from one case's table to the next, is accepted by the
+/// real nft (in a namespace of its own).
+#[test]
+fn the_kernel_accepts_every_case_as_a_table_and_as_a_diff() {
+    use netd_nft::Applier as _;
+    if !netd_testnet::can_run(&[]) {
+        return;
+    }
+    let ns = netd_testnet::Ns::new("policy");
+    let mut nft = netd_nft::Nft::in_netns(&ns.name);
+    let mut previous: Option<netd_nft::Table> = None;
+    for case in cases() {
+        let snap = snapshot(&expand(case.policies));
+        let world = World::new(&snap);
+        let table = netd_policy::plan::plan(&world, "node-1");
+        let script = netd_nft::render(&table).expect("valid names");
+        if let Err(e) = nft.apply(&script) {
+            panic!("{}: the full table: {e}\n{script}", case.name);
+        }
+        if let Some(before) = previous.take() {
+            // Back to the previous case's table, then forward again by diffs.
+            nft.apply(&netd_nft::render(&before).expect("render"))
+                .expect("previous table");
+            let script = netd_nft::diff(&before, &table).expect("diff");
+            if let Err(e) = nft.apply(&script) {
+                panic!(
+                    "{}: the diff from the case before: {e}\n{script}",
+                    case.name
+                );
+            }
+        }
+        previous = Some(table);
+    }
+}
