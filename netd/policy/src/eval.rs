@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Replies of an allowed connection are always allowed (the ruleset is stateful), so only the
-//! first packet's direction is evaluated. Host-network pods have the node's addresses: they are
+//! first packet's direction is evaluated. A pod's own node always reaches it (kubelet probes;
+//! the NetworkPolicy documentation says so). Host-network pods have the node's addresses: they are
 //! neither selected nor matched as pods, only as addresses (ipBlock, networks, nodes).
 
 use std::collections::BTreeMap;
@@ -73,6 +74,7 @@ pub struct World<'a> {
     pub(crate) admin: Vec<&'a AdminPolicy>,
     pub(crate) baseline: Option<&'a AdminPolicy>,
     pub(crate) node_ips: Vec<(&'a Labels, &'a [IpAddr])>,
+    nodes_by_name: BTreeMap<&'a str, &'a [IpAddr]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,12 @@ impl<'a> World<'a> {
                 .values()
                 .map(|n| (&n.labels, n.ips.as_slice()))
                 .collect(),
+            nodes_by_name: objects
+                .policy
+                .nodes
+                .values()
+                .map(|n| (n.name.as_str(), n.ips.as_slice()))
+                .collect(),
         }
     }
 
@@ -177,6 +185,22 @@ impl<'a> World<'a> {
         if let Some(d) = dst
             && verdict == Verdict::Allow
         {
+            // NetworkPolicy: "the only allowed connections into the pod are those from the
+            // pod's node and those allowed by the ingress list".
+            let own_node = d
+                .pod
+                .policy
+                .as_deref()
+                .and_then(|p| p.node_name.as_deref())
+                .and_then(|n| self.nodes_by_name.get(n))
+                .is_some_and(|ips| ips.contains(&flow.src));
+            if own_node {
+                why.push(format!(
+                    "ingress of {}: from its own node: allowed",
+                    name(d)
+                ));
+                return Decision { verdict, why };
+            }
             let peer = Peer {
                 ip: flow.src,
                 pod: src,

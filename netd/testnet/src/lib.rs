@@ -286,8 +286,30 @@ impl Server {
 
 /// A TCP connection from `ns` to `to:port`: what the server said, or how it failed.
 pub fn tcp(ns: &Ns, to: IpAddr, port: u16, timeout: Duration) -> Outcome {
+    tcp_from(ns, None, to, port, timeout)
+}
+
+/// [`tcp`] from the address `from` of the namespace (`None`: the one routing picks).
+pub fn tcp_from(
+    ns: &Ns,
+    from: Option<IpAddr>,
+    to: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Outcome {
     in_ns(ns.path(), move || {
-        let stream = match TcpStream::connect_timeout(&SocketAddr::new(to, port), timeout) {
+        let connected = match from {
+            None => TcpStream::connect_timeout(&SocketAddr::new(to, port), timeout),
+            Some(src) => {
+                let domain = socket2::Domain::for_address(SocketAddr::new(to, port));
+                socket2::Socket::new(domain, socket2::Type::STREAM, None).and_then(|s| {
+                    s.bind(&SocketAddr::new(src, 0).into())?;
+                    s.connect_timeout(&SocketAddr::new(to, port).into(), timeout)?;
+                    Ok(TcpStream::from(s))
+                })
+            }
+        };
+        let stream = match connected {
             Ok(s) => s,
             Err(e) => return Outcome::of_error(&e),
         };
@@ -306,13 +328,35 @@ pub fn tcp(ns: &Ns, to: IpAddr, port: u16, timeout: Duration) -> Outcome {
 
 /// One UDP datagram from `ns` (from `from_port`, 0 for any) to `to:port`, and its answer.
 pub fn udp(ns: &Ns, to: IpAddr, port: u16, from_port: u16, timeout: Duration) -> Outcome {
+    udp_socket(ns, None, from_port, to, port, timeout)
+}
+
+/// [`udp`] from the address `from` of the namespace (`None`: the one routing picks).
+pub fn udp_from(
+    ns: &Ns,
+    from: Option<IpAddr>,
+    to: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Outcome {
+    udp_socket(ns, from, 0, to, port, timeout)
+}
+
+fn udp_socket(
+    ns: &Ns,
+    from: Option<IpAddr>,
+    from_port: u16,
+    to: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Outcome {
     in_ns(ns.path(), move || {
         let any: IpAddr = if to.is_ipv4() {
             Ipv4Addr::UNSPECIFIED.into()
         } else {
             Ipv6Addr::UNSPECIFIED.into()
         };
-        let socket = match UdpSocket::bind((any, from_port)) {
+        let socket = match UdpSocket::bind((from.unwrap_or(any), from_port)) {
             Ok(s) => s,
             Err(e) => return Outcome::Other(format!("bind: {e}")),
         };
