@@ -82,16 +82,12 @@ pub struct Args {
 
     /// How often to check that the table is still there (someone may delete or flush it), and
     /// rewrite it when it is not; `0s` for never. The whole table is also rewritten hourly.
-    #[arg(long, env = "NETD_PROXY_CHECK_PERIOD", default_value = "60s", value_parser = parse_period, value_name = "DURATION")]
+    #[arg(long, env = "NETD_PROXY_CHECK_PERIOD", default_value = "60s", value_parser = netd_node::parse_period, value_name = "DURATION")]
     pub check_period: Duration,
 
     /// Log format on stderr: `text` or `json` (one object per line).
     #[arg(long, env = "NETD_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
     pub log_format: String,
-}
-
-fn parse_period(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (say 60s, 5m)"))
 }
 
 /// A listen address, or `off`.
@@ -162,21 +158,6 @@ pub fn kube_options() -> discovery::kubernetes::KubeOptions {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Parses the command line, runs the daemon until SIGTERM or SIGINT, and maps the outcome to an
 /// exit code.
 pub fn main() -> ExitCode {
@@ -199,7 +180,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(&log_format);
+    netd_node::init_logging(&log_format);
     if cfg.node.ips.is_empty() {
         tracing::warn!("no --node-ip: NodePorts are not served on this node");
     }

@@ -18,9 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use netd_nft::{Applier, Nft, Table};
+use netd_nft::Table;
 
 use crate::health::{HealthChecks, ProxyHealth, serve_healthz};
 use crate::services::{UdpEntry, health_checks, parse_conntrack, service_ports, stale_udp_entries};
@@ -98,11 +98,7 @@ fn set_sysctls() -> Result<(), StartError> {
 
 /// Runs until `shutdown` resolves. Returns an error only when the daemon cannot start.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    if Command::new("nft").arg("-v").output().is_err() {
-        return Err(StartError::Nft(
-            "the nft binary is not on PATH (apt-get install nftables)".into(),
-        ));
-    }
+    netd_node::nft_is_there().map_err(StartError::Nft)?;
     if cfg.sysctls {
         set_sysctls()?;
     }
@@ -120,8 +116,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             .map_err(|source| StartError::Healthz { addr, source })?;
         tokio::spawn(serve_healthz(listener, Arc::clone(&health)));
     }
-    let mut snapshots = cfg.source.start().await?;
-    tokio::pin!(shutdown);
+    let snapshots = cfg.source.start().await?;
     let (cleaner, programmed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     if conntrack {
         tokio::spawn(clean_conntrack(programmed, cfg.node.ips.clone()));
@@ -129,181 +124,53 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let mut syncer = Syncer {
         node_name: cfg.node_name.clone(),
         node: cfg.node.clone(),
-        applied: None,
+        ports: Arc::new(Vec::new()),
         warnings: BTreeSet::new(),
         cleaner,
-        failures: 0,
         health,
         health_checks: HealthChecks::default(),
     };
-    let mut outcome = Ok(());
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut checks = cfg.check_period.map(|p| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    });
-    let mut last_full = Instant::now();
-    // Something to program: a new snapshot, a retry, or a table found damaged.
-    let mut pending = true;
-    loop {
-        let snap = snapshots.borrow_and_update().clone();
-        if !snap.synced {
-            tracing::debug!(
-                generation = snap.generation,
-                "waiting for discovery to list everything"
-            );
-        } else if pending {
-            if syncer.applied.is_none() {
-                last_full = Instant::now();
-            }
-            retry_at = match syncer.sync(&snap).await {
-                Ok(()) => None,
-                Err(backoff) => Some(tokio::time::Instant::now() + backoff),
-            };
-            pending = retry_at.is_some();
-        }
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let check = async {
-            match checks.as_mut() {
-                Some(i) => i.tick().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    outcome = Err(StartError::DiscoveryStopped);
-                    break;
-                }
-                pending = true;
-            }
-            () = retry => pending = true,
-            _ = check => {
-                if syncer.applied.is_none() {
-                    continue;
-                }
-                if last_full.elapsed() >= FULL_SYNC_EVERY {
-                    tracing::info!("hourly full rewrite");
-                    syncer.applied = None;
-                    pending = true;
-                } else if let Err(why) = tokio::task::spawn_blocking(table_is_there).await.unwrap_or_else(|e| Err(e.to_string())) {
-                    tracing::warn!(%why, "the table is gone or damaged; rewriting it");
-                    syncer.applied = None;
-                    pending = true;
-                }
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    if cfg.cleanup_on_exit {
-        let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
-        match tokio::task::spawn_blocking(move || Nft::default().apply(&script)).await {
-            Ok(Ok(())) => tracing::info!(table = TABLE, "removed the table"),
-            Ok(Err(e)) => tracing::error!(error = %e, "could not remove the table"),
-            Err(e) => tracing::error!(error = %e, "could not remove the table"),
-        }
-    } else {
-        tracing::info!(table = TABLE, "stopping; the rules stay in place");
-    }
-    outcome
-}
-
-/// Even when nothing seems wrong, the whole table is rewritten this often, so a change someone
-/// else made to a chain the check does not look at does not last (kube-proxy does the same).
-const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
-
-/// Whether the table and its dispatch chain are there: a cheap look (a tenth of a second at
-/// 10k services) that catches a table deleted or flushed by someone else.
-fn table_is_there() -> Result<(), String> {
-    let out = Command::new("nft")
-        .args(["list", "chain", "inet", TABLE, "services"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    if !String::from_utf8_lossy(&out.stdout).contains("vmap @service-ips-v4") {
-        return Err("the services chain has lost its rules".into());
-    }
-    Ok(())
+    let opts = netd_node::Options {
+        table: TABLE,
+        check_chain: "services",
+        check_text: "vmap @service-ips-v4",
+        check_period: cfg.check_period,
+        cleanup_on_exit: cfg.cleanup_on_exit,
+    };
+    netd_node::run(opts, snapshots, &mut syncer, shutdown)
+        .await
+        .map_err(|_| StartError::DiscoveryStopped)
 }
 
 struct Syncer {
     node_name: String,
     node: Node,
-    /// The table as the kernel has it, when the last transaction succeeded.
-    applied: Option<Arc<Table>>,
+    /// The Service ports of the last plan.
+    ports: Arc<Vec<ServicePort>>,
     /// Warnings already logged, so each is logged once while it lasts.
     warnings: BTreeSet<String>,
     /// The Service ports programmed last, for the conntrack cleaner.
     cleaner: tokio::sync::watch::Sender<Arc<Vec<ServicePort>>>,
-    failures: u32,
     health: Arc<RwLock<ProxyHealth>>,
     health_checks: HealthChecks,
 }
 
-impl Syncer {
-    /// Programs `snap`. On failure returns how long to wait before the next attempt.
-    async fn sync(&mut self, snap: &discovery::ClusterSnapshot) -> Result<(), Duration> {
-        let started = Instant::now();
+impl netd_node::Planner for Syncer {
+    fn plan(&mut self, snap: &discovery::ClusterSnapshot) -> Table {
         let mapped = service_ports(snap, &self.node_name);
         let warnings: BTreeSet<String> = mapped.warnings.into_iter().collect();
         for w in warnings.difference(&self.warnings) {
             tracing::warn!("{w}");
         }
         self.warnings = warnings;
-        let table = Arc::new(plan(&self.node, &mapped.ports));
-        let planned = started.elapsed();
-        let script = match &self.applied {
-            Some(old) => netd_nft::diff(old, &table),
-            None => netd_nft::render(&table),
-        };
-        let script = match script {
-            Ok(s) => s,
-            Err(e) => {
-                // A name the planner made is not valid nft: a bug, not a passing failure.
-                tracing::error!(error = %e, "the planned table is not valid; not applied");
-                return Err(self.failed());
-            }
-        };
-        let full = self.applied.is_none();
-        let lines = script.lines().count();
-        let result = tokio::task::spawn_blocking(move || Nft::default().apply(&script)).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "nft transaction failed; the table is unchanged, retrying with a full rewrite");
-                self.applied = None;
-                return Err(self.failed());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "nft transaction failed");
-                self.applied = None;
-                return Err(self.failed());
-            }
-        }
-        self.failures = 0;
-        let counts = table.counts();
-        tracing::info!(
-            generation = snap.generation,
-            services = mapped.ports.len(),
-            full,
-            lines,
-            chains = counts.chains,
-            rules = counts.rules,
-            elements = counts.elements,
-            plan_ms = planned.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "synced"
-        );
-        self.applied = Some(table);
-        self.cleaner.send_replace(Arc::new(mapped.ports));
+        tracing::debug!(service_ports = mapped.ports.len(), "planned");
+        let table = plan(&self.node, &mapped.ports);
+        self.ports = Arc::new(mapped.ports);
+        table
+    }
+
+    async fn applied(&mut self, snap: &discovery::ClusterSnapshot, _: &Table) {
+        self.cleaner.send_replace(Arc::clone(&self.ports));
         self.health_checks
             .update(&health_checks(snap, &self.node_name))
             .await;
@@ -311,16 +178,13 @@ impl Syncer {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .synced();
-        Ok(())
     }
 
-    fn failed(&mut self) -> Duration {
+    fn failed(&mut self) {
         self.health
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .failed();
-        self.failures = self.failures.saturating_add(1);
-        Duration::from_millis(500 << self.failures.min(6)).min(Duration::from_secs(30))
     }
 }
 
@@ -434,23 +298,5 @@ mod tests {
                 "53"
             ]
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut s = Syncer {
-            node_name: String::new(),
-            node: Node::default(),
-            applied: None,
-            warnings: BTreeSet::new(),
-            cleaner: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
-            failures: 0,
-            health: Arc::default(),
-            health_checks: HealthChecks::default(),
-        };
-        let waits: Vec<Duration> = (0..10).map(|_| s.failed()).collect();
-        assert_eq!(waits[0], Duration::from_secs(1));
-        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(waits[9], Duration::from_secs(30));
     }
 }
