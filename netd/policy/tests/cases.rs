@@ -13,119 +13,11 @@
 //! Each case names the semantics it pins down. A connection is `src -> dst proto/port`, where an
 //! end is `ns/pod` or an address.
 
-use std::net::IpAddr;
-use std::path::Path;
+mod support;
 
 use discovery::model::Protocol;
-use discovery::{ClusterSnapshot, Fields, ObjectStore};
-use netd_policy::eval::{Flow, Verdict, World};
-
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: a, labels: {team: red}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: b, labels: {team: blue}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: c, labels: {team: green}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-1, labels: {role: worker}}
-status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2, labels: {role: control}}
-status: {addresses: [{type: InternalIP, address: 192.0.2.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: h, namespace: a, labels: {app: web}}
-spec: {nodeName: node-1, hostNetwork: true, containers: [{name: c}]}
-status: {podIP: 192.0.2.1}
-"#;
-
-fn pods() -> String {
-    let mut out = String::new();
-    for (n, ns) in ["a", "b", "c"].iter().enumerate() {
-        for (i, (pod, app, ports)) in [
-            (
-                "x",
-                "web",
-                "[{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]",
-            ),
-            ("y", "db", "[{name: pg, containerPort: 5432}]"),
-            ("z", "client", "[]"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            out.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: '{pod}', namespace: {ns}, labels: {{app: {app}}}}}\n\
-                 spec: {{nodeName: node-1, containers: [{{name: c, ports: {ports}}}]}}\n\
-                 status: {{podIP: 10.0.{}.{}}}\n",
-                n + 1,
-                i + 1
-            ));
-        }
-    }
-    out
-}
-
-fn snapshot(policies: &str) -> ClusterSnapshot {
-    let text = format!("{CLUSTER}{}---\n{policies}", pods());
-    let parsed =
-        discovery::manifests::parse_manifest_with(Path::new("case.yaml"), &text, Fields::POLICY);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let mut store = ObjectStore::default();
-    for obj in parsed.objects {
-        store.insert(obj);
-    }
-    ClusterSnapshot::new(store, 1, 1, true)
-}
-
-fn address(end: &str) -> IpAddr {
-    if let Ok(ip) = end.parse() {
-        return ip;
-    }
-    let (ns, pod) = end.split_once('/').expect("ns/pod or an address");
-    let n = match ns {
-        "a" => 1,
-        "b" => 2,
-        "c" => 3,
-        other => panic!("no namespace {other}"),
-    };
-    let i = match pod {
-        "x" => 1,
-        "y" => 2,
-        "z" => 3,
-        other => panic!("no pod {other}"),
-    };
-    format!("10.0.{n}.{i}").parse().expect("address")
-}
-
-/// `"a/z -> b/x tcp/80"`.
-fn flow(text: &str) -> Flow {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    assert!(words.len() == 4 && words[1] == "->", "bad flow {text:?}");
-    let (proto, port) = words[3].split_once('/').expect("proto/port");
-    Flow {
-        src: address(words[0]),
-        dst: address(words[2]),
-        protocol: match proto {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            "sctp" => Protocol::Sctp,
-            other => panic!("protocol {other}"),
-        },
-        port: port.parse().expect("port"),
-    }
-}
+use netd_policy::eval::{Verdict, World};
+use support::{address, expand, flow, snapshot};
 
 use Verdict::{Allow, Deny};
 
@@ -134,11 +26,6 @@ struct Case {
     policies: &'static str,
     flows: &'static [(&'static str, Verdict)],
 }
-
-const NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
-const ANP: &str = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\n";
-const BANP: &str =
-    "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\n";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -382,27 +269,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Writes `NP`, `ANP` and `BANP` at the start of a document as their apiVersion and kind.
-fn expand(policies: &str) -> String {
-    policies
-        .split("\n---\n")
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| {
-            let d = d.trim_start();
-            if let Some(rest) = d.strip_prefix("BANP ") {
-                format!("{BANP}{rest}")
-            } else if let Some(rest) = d.strip_prefix("ANP ") {
-                format!("{ANP}{rest}")
-            } else if let Some(rest) = d.strip_prefix("NP ") {
-                format!("{NP}{rest}")
-            } else {
-                d.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
 #[test]
 fn every_case_gets_its_verdicts() {
     let mut failures = Vec::new();
@@ -491,53 +357,15 @@ fn the_kernel_accepts_every_case_as_a_table_and_as_a_diff() {
 #[test]
 fn every_case_holds_for_real_traffic() {
     use netd_nft::Applier as _;
-    use netd_testnet::{Ns, Outcome, Server, sh, tcp_from, udp_from};
-    use std::collections::{BTreeMap, BTreeSet};
+    use netd_testnet::{Outcome, Server, tcp_from, udp_from};
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     if !netd_testnet::can_run(&[]) {
         return;
     }
-    let node = Ns::new("pnode");
-    let outside = Ns::new("pout");
-    netd_testnet::uplink(&node, &outside);
-    outside.sh(&["ip", "addr", "add", "198.51.100.9/24", "dev", "eth0"]);
-    outside.sh(&["ip", "route", "add", "10.0.0.0/16", "via", "192.0.2.1"]);
-    node.sh(&["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.2"]);
-    node.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
-    node.sh(&["ip", "addr", "add", "10.0.255.254/16", "dev", "br0"]);
-    node.sh(&["ip", "link", "set", "br0", "up"]);
-    for (path, value) in [
-        ("/proc/sys/net/ipv4/ip_forward", "1"),
-        ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
-    ] {
-        node.sh(&["sh", "-c", &format!("echo {value} > {path}")]);
-    }
-    let mut hosts: BTreeMap<String, Ns> = BTreeMap::new();
-    for (n, ns) in ["a", "b", "c"].iter().enumerate() {
-        for (i, pod) in ["x", "y", "z"].iter().enumerate() {
-            let name = format!("{ns}/{pod}");
-            let host = Ns::new(&format!("p{ns}{pod}"));
-            let veth = format!("v{ns}{pod}");
-            sh(&[
-                "ip", "link", "add", &veth, "netns", &node.name, "type", "veth", "peer", "name",
-                "eth0", "netns", &host.name,
-            ]);
-            node.sh(&["ip", "link", "set", &veth, "master", "br0", "up"]);
-            let ip = format!("10.0.{}.{}", n + 1, i + 1);
-            host.sh(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
-            host.sh(&["ip", "link", "set", "eth0", "up"]);
-            host.sh(&["ip", "route", "add", "default", "via", "10.0.255.254"]);
-            hosts.insert(name, host);
-        }
-    }
-    let ns_of = |end: &str| -> &Ns {
-        match end {
-            "198.51.100.9" | "192.0.2.2" => &outside,
-            "192.0.2.1" => &node,
-            pod => &hosts[pod],
-        }
-    };
+    let net = support::Net::new();
+    let ns_of = |end: &str| net.ns_of(end);
     // A server on every destination address and port any case uses.
     let mut served = BTreeSet::new();
     for case in cases() {
@@ -554,7 +382,7 @@ fn every_case_holds_for_real_traffic() {
             }
         }
     }
-    let mut nft = netd_nft::Nft::in_netns(&node.name);
+    let mut nft = netd_nft::Nft::in_netns(&net.node.name);
     let wait = Duration::from_millis(700);
     let mut failures = Vec::new();
     let mut checked = 0;
