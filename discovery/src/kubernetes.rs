@@ -29,12 +29,14 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as disc;
+use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use crate::model::{ConvertError, EndpointSlice, Fields, Namespace, ObjectKey, Pod, Service};
+use crate::policy::{AdminPolicy, NetworkPolicy, Node};
 use crate::snapshot::{ClusterSnapshot, ObjectStore, Publisher};
 
 /// The resources this source lists and watches, as RBAC names them: `(apiGroup, resource)`.
@@ -44,6 +46,11 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("", "services"),
     ("", "pods"),
     ("discovery.k8s.io", "endpointslices"),
+    // With Fields::policy only.
+    ("", "nodes"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
 ];
 
 /// The annotation the EndpointSlice controller sets to when the change behind a slice began.
@@ -114,6 +121,10 @@ impl KubeOptions {
             .filter(|(_, r)| match *r {
                 "pods" => self.pods,
                 "namespaces" => self.namespaces.is_empty(),
+                "nodes"
+                | "networkpolicies"
+                | "adminnetworkpolicies"
+                | "baselineadminnetworkpolicies" => self.fields.policy,
                 _ => true,
             })
             .collect()
@@ -157,6 +168,10 @@ struct Stores {
     services: BTreeMap<String, KindStore<Service>>,
     slices: BTreeMap<String, KindStore<EndpointSlice>>,
     pods: BTreeMap<String, KindStore<Pod>>,
+    network_policies: BTreeMap<String, KindStore<NetworkPolicy>>,
+    nodes: BTreeMap<String, KindStore<Node>>,
+    admin: BTreeMap<String, KindStore<AdminPolicy>>,
+    baseline: BTreeMap<String, KindStore<AdminPolicy>>,
     /// Namespaces given on the command line (when Namespace objects are not watched).
     fixed_namespaces: Vec<String>,
     /// What conversions keep.
@@ -186,6 +201,10 @@ impl Stores {
             && listed(&self.services)
             && listed(&self.slices)
             && listed(&self.pods)
+            && listed(&self.network_policies)
+            && listed(&self.nodes)
+            && listed(&self.admin)
+            && listed(&self.baseline)
     }
 
     fn object_store(&self) -> ObjectStore {
@@ -212,6 +231,26 @@ impl Stores {
         for s in self.pods.values() {
             out.pods
                 .extend(s.objects.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+        }
+        for s in self.network_policies.values() {
+            out.policy
+                .network_policies
+                .extend(s.objects.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+        }
+        for s in self.nodes.values() {
+            out.policy
+                .nodes
+                .extend(s.objects.values().map(|v| (v.name.clone(), Arc::clone(v))));
+        }
+        for s in self.admin.values() {
+            out.policy
+                .admin
+                .extend(s.objects.values().map(|v| (v.name.clone(), Arc::clone(v))));
+        }
+        for s in self.baseline.values() {
+            out.policy
+                .baseline
+                .extend(s.objects.values().map(|v| (v.name.clone(), Arc::clone(v))));
         }
         out
     }
@@ -244,6 +283,8 @@ trait Kind:
     fn trigger_time(&self) -> Option<SystemTime> {
         None
     }
+    /// A kind from a CRD that may not be installed: a 404 means none exist.
+    const OPTIONAL: bool = false;
 }
 
 impl Kind for core::Namespace {
@@ -307,6 +348,108 @@ impl Kind for core::Pod {
     }
     fn stores(s: &mut Stores) -> &mut BTreeMap<String, KindStore<Pod>> {
         &mut s.pods
+    }
+}
+
+impl Kind for core::Node {
+    type Model = Node;
+    const NAME: &'static str = "Node";
+    fn convert(&self, _: Fields) -> Result<Node, ConvertError> {
+        Node::convert(self)
+    }
+    fn key(m: &Node) -> ObjectKey {
+        ObjectKey::new("", &m.name)
+    }
+    fn stores(s: &mut Stores) -> &mut BTreeMap<String, KindStore<Node>> {
+        &mut s.nodes
+    }
+}
+
+impl Kind for net::NetworkPolicy {
+    type Model = NetworkPolicy;
+    const NAME: &'static str = "NetworkPolicy";
+    fn convert(&self, _: Fields) -> Result<NetworkPolicy, ConvertError> {
+        NetworkPolicy::convert(self)
+    }
+    fn key(m: &NetworkPolicy) -> ObjectKey {
+        m.key()
+    }
+    fn stores(s: &mut Stores) -> &mut BTreeMap<String, KindStore<NetworkPolicy>> {
+        &mut s.network_policies
+    }
+}
+
+/// An AdminNetworkPolicy or BaselineAdminNetworkPolicy as the API sends it (k8s-openapi has no
+/// type for these CRDs); the spec is converted by [`AdminPolicy::convert`].
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct AdminObject<const BASELINE: bool> {
+    #[serde(default)]
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
+impl<const BASELINE: bool> Resource for AdminObject<BASELINE> {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        if BASELINE {
+            "BaselineAdminNetworkPolicy".into()
+        } else {
+            "AdminNetworkPolicy".into()
+        }
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "policy.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        if BASELINE {
+            "baselineadminnetworkpolicies".into()
+        } else {
+            "adminnetworkpolicies".into()
+        }
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<const BASELINE: bool> Kind for AdminObject<BASELINE> {
+    type Model = AdminPolicy;
+    const NAME: &'static str = if BASELINE {
+        "BaselineAdminNetworkPolicy"
+    } else {
+        "AdminNetworkPolicy"
+    };
+    const OPTIONAL: bool = true;
+    fn convert(&self, _: Fields) -> Result<AdminPolicy, ConvertError> {
+        let value = serde_json::json!({"metadata": self.metadata, "spec": self.spec});
+        AdminPolicy::convert(value, BASELINE)
+    }
+    fn key(m: &AdminPolicy) -> ObjectKey {
+        ObjectKey::new("", &m.name)
+    }
+    fn stores(s: &mut Stores) -> &mut BTreeMap<String, KindStore<AdminPolicy>> {
+        if BASELINE {
+            &mut s.baseline
+        } else {
+            &mut s.admin
+        }
+    }
+}
+
+/// Whether a watcher error says the resource does not exist (its CRD is not installed).
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.is_not_found(),
+        _ => false,
     }
 }
 
@@ -399,6 +542,25 @@ async fn run_kind<K: Kind>(api: Api<K>, cfg: watcher::Config, scope: String, sha
     while let Some(item) = stream.next().await {
         let ev = match item {
             Ok(ev) => ev,
+            Err(e) if K::OPTIONAL && not_found(&e) => {
+                // No CRD: no such objects. Keep trying, so that installing it later works.
+                let mut stores = shared.stores();
+                let store = K::stores(&mut stores).entry(scope.clone()).or_default();
+                let first = !store.listed;
+                let had = !store.objects.is_empty();
+                store.listed = true;
+                store.objects.clear();
+                if first || had {
+                    tracing::info!(
+                        kind = K::NAME,
+                        "not served by the API (is its CRD installed?); taken as none"
+                    );
+                    stores.mark(SystemTime::now());
+                    drop(stores);
+                    shared.wake.notify_one();
+                }
+                continue;
+            }
             Err(e) => {
                 if failing {
                     tracing::debug!(kind = K::NAME, scope = %scope, error = %e, "watch still failing");
@@ -504,6 +666,45 @@ pub fn watch_api(client: Client, opts: KubeOptions) -> watch::Receiver<Arc<Clust
                 Arc::clone(&shared),
             ));
         }
+        if opts.fields.policy {
+            shared
+                .stores()
+                .network_policies
+                .entry(label.clone())
+                .or_default();
+            tasks.spawn(run_kind(
+                api!(net::NetworkPolicy),
+                cfg.clone(),
+                label.clone(),
+                Arc::clone(&shared),
+            ));
+        }
+    }
+    if opts.fields.policy {
+        {
+            let mut s = shared.stores();
+            s.nodes.entry(String::new()).or_default();
+            s.admin.entry(String::new()).or_default();
+            s.baseline.entry(String::new()).or_default();
+        }
+        tasks.spawn(run_kind(
+            Api::<core::Node>::all(client.clone()),
+            cfg.clone(),
+            String::new(),
+            Arc::clone(&shared),
+        ));
+        tasks.spawn(run_kind(
+            Api::<AdminObject<false>>::all(client.clone()),
+            cfg.clone(),
+            String::new(),
+            Arc::clone(&shared),
+        ));
+        tasks.spawn(run_kind(
+            Api::<AdminObject<true>>::all(client.clone()),
+            cfg.clone(),
+            String::new(),
+            Arc::clone(&shared),
+        ));
     }
     if opts.namespaces.is_empty() {
         shared.stores().namespaces.entry(String::new()).or_default();

@@ -37,6 +37,10 @@ pub enum Res {
     Services,
     EndpointSlices,
     Pods,
+    Nodes,
+    NetworkPolicies,
+    AdminNetworkPolicies,
+    BaselineAdminNetworkPolicies,
 }
 
 impl Res {
@@ -46,6 +50,10 @@ impl Res {
             "Service" => Self::Services,
             "EndpointSlice" => Self::EndpointSlices,
             "Pod" => Self::Pods,
+            "Node" => Self::Nodes,
+            "NetworkPolicy" => Self::NetworkPolicies,
+            "AdminNetworkPolicy" => Self::AdminNetworkPolicies,
+            "BaselineAdminNetworkPolicy" => Self::BaselineAdminNetworkPolicies,
             _ => return None,
         })
     }
@@ -56,18 +64,32 @@ impl Res {
             Self::Services => "Service",
             Self::EndpointSlices => "EndpointSlice",
             Self::Pods => "Pod",
+            Self::Nodes => "Node",
+            Self::NetworkPolicies => "NetworkPolicy",
+            Self::AdminNetworkPolicies => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Self::EndpointSlices => "discovery.k8s.io/v1",
+            Self::NetworkPolicies => "networking.k8s.io/v1",
+            Self::AdminNetworkPolicies | Self::BaselineAdminNetworkPolicies => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
             _ => "v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Self::Namespaces
+        !matches!(
+            self,
+            Self::Namespaces
+                | Self::Nodes
+                | Self::AdminNetworkPolicies
+                | Self::BaselineAdminNetworkPolicies
+        )
     }
 }
 
@@ -87,6 +109,8 @@ struct Faults {
     expire_lists: BTreeMap<Res, u32>,
     /// Close every new connection at once (the server is "down").
     down: bool,
+    /// Resources answered with 404, as when their CRD is not installed.
+    missing: std::collections::BTreeSet<Res>,
 }
 
 #[derive(Debug, Default)]
@@ -159,12 +183,36 @@ fn route(path: &str) -> Option<(Res, Option<String>)> {
         "services" => Some(Res::Services),
         "pods" => Some(Res::Pods),
         "endpointslices" => Some(Res::EndpointSlices),
+        "nodes" => Some(Res::Nodes),
         _ => None,
     };
     match p.as_slice() {
         ["api", "v1", r] => res(r)
             .filter(|r| *r != Res::EndpointSlices)
             .map(|r| (r, None)),
+        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => {
+            Some((Res::NetworkPolicies, None))
+        }
+        [
+            "apis",
+            "networking.k8s.io",
+            "v1",
+            "namespaces",
+            ns,
+            "networkpolicies",
+        ] => Some((Res::NetworkPolicies, Some(ns.to_string()))),
+        [
+            "apis",
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "adminnetworkpolicies",
+        ] => Some((Res::AdminNetworkPolicies, None)),
+        [
+            "apis",
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "baselineadminnetworkpolicies",
+        ] => Some((Res::BaselineAdminNetworkPolicies, None)),
         ["api", "v1", "namespaces", ns, r] => res(r)
             .filter(|r| matches!(r, Res::Services | Res::Pods))
             .map(|r| (r, Some(ns.to_string()))),
@@ -201,6 +249,16 @@ async fn serve(
             &status(404, "NotFound", "no such path"),
         ));
     };
+    if state.lock().faults.missing.contains(&res) {
+        return Ok(full(
+            StatusCode::NOT_FOUND,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ));
+    }
     let q = query(req.uri());
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return Ok(watch(state, res, ns, &q));
@@ -569,6 +627,16 @@ impl ApiServer {
     }
 
     /// While `down`, every new connection is closed at once.
+    /// Answers `res` with 404, as when its CRD is not installed (or serves it again).
+    pub fn set_missing(&self, res: Res, missing: bool) {
+        let mut i = self.state.lock();
+        if missing {
+            i.faults.missing.insert(res);
+        } else {
+            i.faults.missing.remove(&res);
+        }
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.lock().faults.down = down;
         if down {

@@ -55,7 +55,7 @@ fn cluster_role_grants_list_and_watch_on_exactly_what_is_watched() {
         serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
     assert_eq!(
         granted(&role),
-        pairs(discovery::kubernetes::WATCHED_RESOURCES)
+        pairs(&discovery::kubernetes::KubeOptions::default().watched_resources())
     );
 
     let binding: ClusterRoleBinding =
