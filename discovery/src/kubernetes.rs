@@ -104,6 +104,8 @@ pub struct KubeOptions {
     pub namespaces: Vec<String>,
     /// Watch Pods too (needed for verified pod records).
     pub pods: bool,
+    /// Watch Services and EndpointSlices (everyone but the policy daemon).
+    pub services: bool,
     /// Changes within this window make one snapshot.
     pub coalesce: Duration,
     /// Watcher page size for lists.
@@ -120,6 +122,7 @@ impl KubeOptions {
             .copied()
             .filter(|(_, r)| match *r {
                 "pods" => self.pods,
+                "services" | "endpointslices" => self.services,
                 "namespaces" => self.namespaces.is_empty(),
                 "nodes"
                 | "networkpolicies"
@@ -136,6 +139,7 @@ impl Default for KubeOptions {
         Self {
             namespaces: Vec::new(),
             pods: true,
+            services: true,
             coalesce: Duration::from_millis(50),
             page_size: 500,
             fields: Fields::default(),
@@ -640,24 +644,28 @@ pub fn watch_api(client: Client, opts: KubeOptions) -> watch::Receiver<Arc<Clust
         // Register every store before any watcher runs, so "all listed" waits for all of them.
         {
             let mut s = shared.stores();
-            s.services.entry(label.clone()).or_default();
-            s.slices.entry(label.clone()).or_default();
+            if opts.services {
+                s.services.entry(label.clone()).or_default();
+                s.slices.entry(label.clone()).or_default();
+            }
             if opts.pods {
                 s.pods.entry(label.clone()).or_default();
             }
         }
-        tasks.spawn(run_kind(
-            api!(core::Service),
-            cfg.clone(),
-            label.clone(),
-            Arc::clone(&shared),
-        ));
-        tasks.spawn(run_kind(
-            api!(disc::EndpointSlice),
-            cfg.clone(),
-            label.clone(),
-            Arc::clone(&shared),
-        ));
+        if opts.services {
+            tasks.spawn(run_kind(
+                api!(core::Service),
+                cfg.clone(),
+                label.clone(),
+                Arc::clone(&shared),
+            ));
+            tasks.spawn(run_kind(
+                api!(disc::EndpointSlice),
+                cfg.clone(),
+                label.clone(),
+                Arc::clone(&shared),
+            ));
+        }
         if opts.pods {
             tasks.spawn(run_kind(
                 api!(core::Pod),

@@ -432,3 +432,37 @@ fn netd_proxy_rbac_and_daemonset_match_the_binary() {
         .collect();
     assert_eq!(listed, BTreeSet::from(["rbac.yaml", "daemonset.yaml"]));
 }
+
+#[test]
+fn netd_policy_rbac_and_daemonset_match_the_binary() {
+    use clap::Parser as _;
+    use k8s_openapi::api::apps::v1::DaemonSet;
+
+    let d = docs("netd-policy/rbac.yaml");
+    let role: ClusterRole =
+        serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
+    assert_eq!(
+        granted(&role),
+        pairs(&netd_policy::cli::kube_options().watched_resources()),
+        "exactly what the policy daemon watches"
+    );
+    let ds: DaemonSet =
+        serde_json::from_value(of_kind(&docs("netd-policy/daemonset.yaml"), "DaemonSet"))
+            .expect("a DaemonSet");
+    let pod = ds.spec.template.spec.as_ref().expect("pod spec");
+    let c = &pod.containers[0];
+    let mut argv = vec!["netd-policy".to_string()];
+    argv.extend(c.args.clone().expect("args"));
+    argv.extend(["--node-name".to_string(), "node-a".to_string()]);
+    netd_policy::cli::Args::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("the DaemonSet's args do not parse: {e}"));
+    assert!(
+        c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
+        "the node name comes from the downward API"
+    );
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        of_kind(&d, "ServiceAccount")["metadata"]["name"].as_str()
+    );
+}

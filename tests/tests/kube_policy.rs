@@ -12,12 +12,11 @@ use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// What netd-policy watches.
 fn options() -> KubeOptions {
     KubeOptions {
-        pods: true,
-        fields: discovery::Fields::POLICY,
         coalesce: Duration::from_millis(20),
-        ..Default::default()
+        ..netd_policy::cli::kube_options()
     }
 }
 
@@ -74,6 +73,8 @@ async fn policy_kinds_and_labels_arrive_and_follow_changes() {
             && s.objects.policy.nodes.len() == 1
     })
     .await;
+    assert_eq!(api.lists(Res::Services), 0, "the policy daemon needs no Services");
+    assert_eq!(api.lists(Res::EndpointSlices), 0);
     {
         let s = rx.borrow();
         let labels = &s.objects.policy.namespace_labels["a"];

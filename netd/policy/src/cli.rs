@@ -56,10 +56,12 @@ pub struct Args {
     pub log_format: String,
 }
 
-/// What the policy daemon watches in the Kubernetes API, keeping the policy fields.
+/// What the policy daemon watches in the Kubernetes API (Namespaces, Pods, Nodes and the
+/// policy kinds; not Services or EndpointSlices), keeping the policy fields.
 pub fn kube_options() -> discovery::kubernetes::KubeOptions {
     discovery::kubernetes::KubeOptions {
         pods: true,
+        services: false,
         fields: discovery::Fields::POLICY,
         ..Default::default()
     }
