@@ -269,6 +269,9 @@ pub struct PodPolicy {
     pub ports: Vec<ContainerPort>,
     /// `spec.hostNetwork`: the pod has the node's addresses, and policies do not select it.
     pub host_network: bool,
+    /// `status.phase` is Succeeded or Failed: the pod is done, and its address may already
+    /// belong to another pod.
+    pub finished: bool,
 }
 
 impl Pod {
@@ -817,6 +820,10 @@ impl Pod {
                     .filter(|n| !n.is_empty()),
                 ports,
                 host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+                finished: matches!(
+                    status.and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                ),
             }))
         } else {
             None

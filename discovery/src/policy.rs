@@ -158,18 +158,14 @@ fn port_number(n: i32, field: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{field} {n} is not a port (1..65535)"))
 }
 
-/// A CIDR as the API writes it; host bits must be clear.
+/// A CIDR as the API accepts it: host bits are allowed and cleared (`10.0.0.1/8` is
+/// 10.0.0.0/8), as the API server's legacy `ParseCIDRSloppy` reads ipBlocks.
 pub fn parse_cidr(text: &str, field: &str) -> Result<IpNet, String> {
     let net: IpNet = text
+        .trim()
         .parse()
         .map_err(|_| format!("{field} {text:?} is not a CIDR"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{field} {text:?} has host bits set (did you mean {}?)",
-            net.trunc()
-        ));
-    }
-    Ok(net)
+    Ok(net.trunc())
 }
 
 fn np_port(p: &net::NetworkPolicyPort, field: &str) -> Result<PolicyPort, String> {
@@ -428,6 +424,9 @@ pub struct AdminPolicy {
     pub subject: AdminSubject,
     pub ingress: Vec<AdminRule>,
     pub egress: Vec<AdminRule>,
+    /// Peers that could not be read and fail closed, each naming its field (the API server
+    /// does not validate the selectors and CIDRs inside these CRDs).
+    pub problems: Vec<String>,
 }
 
 /// The v1alpha1 wire format (sigs.k8s.io/network-policy-api v0.1.x), which k8s-openapi does not
@@ -477,12 +476,38 @@ mod wire {
         pub ports: Option<Vec<Port>>,
     }
 
+    /// A label selector that refuses keys it does not know: a peer of an older API version
+    /// (`namespaces: {namespaceSelector: …}`) must not read as the empty selector, which
+    /// selects everything.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct StrictSelector {
+        pub match_labels: Option<std::collections::BTreeMap<String, String>>,
+        pub match_expressions: Option<Vec<meta::LabelSelectorRequirement>>,
+    }
+
+    impl StrictSelector {
+        pub fn into_api(self) -> meta::LabelSelector {
+            meta::LabelSelector {
+                match_labels: self.match_labels,
+                match_expressions: self.match_expressions,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct StrictPods {
+        pub namespace_selector: Option<StrictSelector>,
+        pub pod_selector: Option<StrictSelector>,
+    }
+
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     pub struct Peer {
-        pub namespaces: Option<meta::LabelSelector>,
-        pub pods: Option<Pods>,
-        pub nodes: Option<meta::LabelSelector>,
+        pub namespaces: Option<serde_json::Value>,
+        pub pods: Option<serde_json::Value>,
+        pub nodes: Option<serde_json::Value>,
         pub networks: Option<Vec<String>>,
         /// Everything else (`domainNames`, newer fields): unsupported, fails closed.
         #[serde(flatten)]
@@ -556,25 +581,49 @@ fn admin_peer(p: &wire::Peer, field: &str, egress: bool) -> Result<AdminPeer, St
     if !egress && (p.nodes.is_some() || p.networks.is_some()) {
         return Err(format!("{field}: {} peers are for egress only", set[0]));
     }
-    Ok(if let Some(s) = &p.namespaces {
-        AdminPeer::Namespaces(LabelSelector::convert(s, &format!("{field}.namespaces"))?)
-    } else if let Some(pods) = &p.pods {
-        let (namespaces, pods) = admin_pods(pods, &format!("{field}.pods"))?;
-        AdminPeer::Pods { namespaces, pods }
-    } else if let Some(s) = &p.nodes {
-        AdminPeer::Nodes(LabelSelector::convert(s, &format!("{field}.nodes"))?)
-    } else if let Some(nets) = &p.networks {
-        if nets.is_empty() {
-            return Err(format!("{field}.networks needs at least one CIDR"));
-        }
-        let mut out = Vec::new();
-        for (i, n) in nets.iter().enumerate() {
-            out.push(parse_cidr(n, &format!("{field}.networks[{i}]"))?);
-        }
-        AdminPeer::Networks(out)
-    } else {
-        AdminPeer::Unsupported(set[0].to_string())
-    })
+    // Past the structure (which the CRD validates), a peer that cannot be read fails closed
+    // rather than costing the whole policy: the API server does not check what is inside.
+    let peer = || -> Result<AdminPeer, String> {
+        let selector = |v: &serde_json::Value, at: &str| -> Result<LabelSelector, String> {
+            let strict: wire::StrictSelector =
+                serde_json::from_value(v.clone()).map_err(|e| format!("{at}: {e}"))?;
+            LabelSelector::convert(&strict.into_api(), at)
+        };
+        Ok(if let Some(v) = &p.namespaces {
+            AdminPeer::Namespaces(selector(v, &format!("{field}.namespaces"))?)
+        } else if let Some(v) = &p.pods {
+            let at = format!("{field}.pods");
+            let pods: wire::StrictPods =
+                serde_json::from_value(v.clone()).map_err(|e| format!("{at}: {e}"))?;
+            let ns = pods
+                .namespace_selector
+                .ok_or_else(|| format!("{at}.namespaceSelector is required"))?;
+            let ps = pods
+                .pod_selector
+                .ok_or_else(|| format!("{at}.podSelector is required"))?;
+            AdminPeer::Pods {
+                namespaces: LabelSelector::convert(
+                    &ns.into_api(),
+                    &format!("{at}.namespaceSelector"),
+                )?,
+                pods: LabelSelector::convert(&ps.into_api(), &format!("{at}.podSelector"))?,
+            }
+        } else if let Some(v) = &p.nodes {
+            AdminPeer::Nodes(selector(v, &format!("{field}.nodes"))?)
+        } else if let Some(nets) = &p.networks {
+            if nets.is_empty() {
+                return Err(format!("{field}.networks needs at least one CIDR"));
+            }
+            let mut out = Vec::new();
+            for (i, n) in nets.iter().enumerate() {
+                out.push(parse_cidr(n, &format!("{field}.networks[{i}]"))?);
+            }
+            AdminPeer::Networks(out)
+        } else {
+            AdminPeer::Unsupported(format!("{field}: {} is not supported", set[0]))
+        })
+    };
+    Ok(peer().unwrap_or_else(AdminPeer::Unsupported))
 }
 
 fn admin_port(p: &wire::Port, field: &str) -> Result<PolicyPort, String> {
@@ -666,7 +715,8 @@ impl AdminPolicy {
                 _ => Err("spec.subject needs exactly one of namespaces or pods".into()),
             })
             .map_err(err)?;
-        let rules =
+        let mut problems = Vec::new();
+        let mut rules =
             |rules: &Option<Vec<wire::Rule>>, dir: &str| -> Result<Vec<AdminRule>, String> {
                 let egress = dir == "egress";
                 let mut out = Vec::new();
@@ -703,11 +753,11 @@ impl AdminPolicy {
                         ports: Vec::new(),
                     };
                     for (j, p) in peers.iter().enumerate() {
-                        rule.peers.push(admin_peer(
-                            p,
-                            &format!("{field}.{peer_field}[{j}]"),
-                            egress,
-                        )?);
+                        let peer = admin_peer(p, &format!("{field}.{peer_field}[{j}]"), egress)?;
+                        if let AdminPeer::Unsupported(why) = &peer {
+                            problems.push(format!("{why}; the peer fails closed"));
+                        }
+                        rule.peers.push(peer);
                     }
                     for (j, p) in r.ports.iter().flatten().enumerate() {
                         rule.ports
@@ -717,12 +767,15 @@ impl AdminPolicy {
                 }
                 Ok(out)
             };
+        let ingress = rules(&spec.ingress, "ingress").map_err(err)?;
+        let egress = rules(&spec.egress, "egress").map_err(err)?;
         Ok(AdminPolicy {
             name: meta.name.clone(),
             priority,
             subject,
-            ingress: rules(&spec.ingress, "ingress").map_err(err)?,
-            egress: rules(&spec.egress, "egress").map_err(err)?,
+            ingress,
+            egress,
+            problems,
         })
     }
 }
@@ -830,10 +883,6 @@ mod tests {
                 "spec.ingress[0].from[0].ipBlock.except[0] \"11.0.0.0/16\" is not inside",
             ),
             (
-                json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}),
-                "has host bits set (did you mean 10.0.0.0/8?)",
-            ),
-            (
                 json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}),
                 "spec.egress[0].to[0]: ipBlock cannot be combined",
             ),
@@ -881,9 +930,24 @@ mod tests {
         );
         assert_eq!(
             p.egress[1].peers,
-            [AdminPeer::Unsupported("domainNames".into())],
+            [AdminPeer::Unsupported(
+                "spec.egress[1].to[0]: domainNames is not supported".into()
+            )],
             "fails closed"
         );
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        // An older API's peer shape, and a selector the API server would have refused, fail
+        // closed instead of selecting everything or losing the policy.
+        let old = anp(
+            json!({"metadata": {"name": "old"}, "spec": {"priority": 2, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Allow", "from": [{"namespaces": {"namespaceSelector": {"matchLabels": {"team": "mon"}}}}]},
+                            {"action": "Deny", "from": [{"namespaces": {"matchExpressions": [{"key": "k", "operator": "In", "values": []}]}}]}]}}),
+            false,
+        )
+        .expect("converts");
+        assert!(matches!(old.ingress[0].peers[0], AdminPeer::Unsupported(_)));
+        assert!(matches!(old.ingress[1].peers[0], AdminPeer::Unsupported(_)));
+        assert_eq!(old.problems.len(), 2, "{:?}", old.problems);
         let b = anp(
             json!({"metadata": {"name": "default"}, "spec": {"subject": {"pods": {
                 "namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "db"}}}},

@@ -73,7 +73,11 @@ async fn policy_kinds_and_labels_arrive_and_follow_changes() {
             && s.objects.policy.nodes.len() == 1
     })
     .await;
-    assert_eq!(api.lists(Res::Services), 0, "the policy daemon needs no Services");
+    assert_eq!(
+        api.lists(Res::Services),
+        0,
+        "the policy daemon needs no Services"
+    );
     assert_eq!(api.lists(Res::EndpointSlices), 0);
     {
         let s = rx.borrow();

@@ -105,10 +105,33 @@ impl Args {
 
 struct Enforcer {
     node_name: String,
+    /// Problems already logged, so each is logged once while it lasts.
+    problems: std::collections::BTreeSet<String>,
 }
 
 impl netd_node::Planner for Enforcer {
     fn plan(&mut self, snap: &discovery::ClusterSnapshot) -> netd_nft::Table {
+        let policy = &snap.objects.policy;
+        let problems: std::collections::BTreeSet<String> = policy
+            .admin
+            .values()
+            .map(|p| ("AdminNetworkPolicy", p))
+            .chain(
+                policy
+                    .baseline
+                    .values()
+                    .map(|p| ("BaselineAdminNetworkPolicy", p)),
+            )
+            .flat_map(|(kind, p)| {
+                p.problems
+                    .iter()
+                    .map(move |w| format!("{kind} {}: {w}", p.name))
+            })
+            .collect();
+        for w in problems.difference(&self.problems) {
+            tracing::warn!("{w}");
+        }
+        self.problems = problems;
         let world = World::new(snap);
         plan(&world, &self.node_name)
     }
@@ -138,6 +161,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let mut enforcer = Enforcer {
         node_name: cfg.node_name,
+        problems: Default::default(),
     };
     netd_node::run(opts, snapshots, &mut enforcer, shutdown).await?;
     Ok(())

@@ -16,7 +16,8 @@
 //!
 //! Replies of an allowed connection are always allowed (the ruleset is stateful), so only the
 //! first packet's direction is evaluated. A pod's own node always reaches it (kubelet probes;
-//! the NetworkPolicy documentation says so). Host-network pods have the node's addresses: they are
+//! the NetworkPolicy documentation says so). Pods that have finished (Succeeded, Failed) are
+//! not pods any more: their address may already be another pod's. Host-network pods have the node's addresses: they are
 //! neither selected nor matched as pods, only as addresses (ipBlock, networks, nodes).
 
 use std::collections::BTreeMap;
@@ -109,7 +110,7 @@ impl<'a> World<'a> {
             let Some(policy) = pod.policy.as_deref() else {
                 continue;
             };
-            if policy.host_network {
+            if policy.host_network || policy.finished {
                 continue;
             }
             let view = PodView {

@@ -157,6 +157,41 @@ impl Addresses {
     fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
+
+    fn contains(&self, ip: &IpAddr) -> bool {
+        let (ranges, n) = match ip {
+            IpAddr::V4(a) => (&self.v4, u128::from(u32::from(*a))),
+            IpAddr::V6(a) => (&self.v6, u128::from(*a)),
+        };
+        ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&n))
+    }
+}
+
+/// A set name of at most about 200 bytes with only the characters nft names take: the policy's
+/// names stay readable, and a hash of the exact text keeps long or odd names apart.
+fn set_prefix(kind: &str, names: &[&str]) -> String {
+    let text = names.join("/");
+    let readable: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-./".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if readable == text && text.len() <= 160 {
+        return format!("{kind}/{text}");
+    }
+    // FNV-1a, stable across releases.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let cut: String = readable.chars().take(140).collect();
+    format!("{kind}/{cut}-{hash:016x}")
 }
 
 /// A rule's ports: numeric ranges per protocol, and named ports.
@@ -237,8 +272,6 @@ struct RuleSpec<'p, 'a> {
     /// This node's pods the rule applies to.
     subjects: Vec<PodView<'a>>,
     peers: Addresses,
-    /// The pods among the peers (named ports resolve against them on egress).
-    peer_pods: Vec<PodView<'a>>,
     ports: &'p [PolicyPort],
     /// `return`, `drop` or `goto …`.
     verdict: String,
@@ -312,9 +345,18 @@ impl<'w, 'a> Planner<'w, 'a> {
                         ));
                     }
                     if !ports.named.is_empty() {
+                        // On egress the destinations are the pods among the peers, whether a
+                        // selector or an address block (ipBlock, networks) names them.
+                        let in_peers: Vec<PodView<'a>> = self
+                            .world
+                            .pods
+                            .iter()
+                            .copied()
+                            .filter(|v| v.pod.ips.iter().any(|ip| spec.peers.contains(ip)))
+                            .collect();
                         let destinations = match dir {
                             Dir::Ingress => &spec.subjects,
-                            Dir::Egress => &spec.peer_pods,
+                            Dir::Egress => &in_peers,
                         };
                         let targets = named_targets(&ports.named, destinations, suffix);
                         if !targets.is_empty() {
@@ -338,7 +380,7 @@ impl<'w, 'a> Planner<'w, 'a> {
     }
 
     /// The peers of an admin rule: pods anywhere, node addresses, networks.
-    fn admin_peers(&self, rule: &AdminRule) -> (Addresses, Vec<PodView<'a>>) {
+    fn admin_peers(&self, rule: &AdminRule) -> Addresses {
         let mut addresses = Addresses::default();
         let mut pods = Vec::new();
         for peer in &rule.peers {
@@ -370,7 +412,7 @@ impl<'w, 'a> Planner<'w, 'a> {
         let pod_addresses = Self::addresses_of(&pods);
         addresses.v4.extend(pod_addresses.v4);
         addresses.v6.extend(pod_addresses.v6);
-        (addresses, pods)
+        addresses
     }
 
     fn everything() -> Addresses {
@@ -402,17 +444,14 @@ impl<'w, 'a> Planner<'w, 'a> {
                     name,
                     subjects: subjects.clone(),
                     peers: Self::everything(),
-                    peer_pods: Vec::new(),
                     ports: &[],
                     verdict: "drop".into(),
                 }
             } else {
-                let (peers, peer_pods) = self.admin_peers(rule);
                 RuleSpec {
                     name,
                     subjects: subjects.clone(),
-                    peers,
-                    peer_pods,
+                    peers: self.admin_peers(rule),
                     ports: &rule.ports,
                     verdict: match rule.action {
                         AdminAction::Allow => "return".into(),
@@ -447,7 +486,7 @@ impl<'w, 'a> Planner<'w, 'a> {
             };
             admin.extend(self.admin_rules(
                 dir,
-                &format!("anp/{}", p.name),
+                &set_prefix("anp", &[&p.name]),
                 rules,
                 subjects,
                 &np_chain,
@@ -478,8 +517,8 @@ impl<'w, 'a> Planner<'w, 'a> {
                 Dir::Egress => &np.egress,
             };
             for (i, rule) in rules.iter().enumerate() {
-                let (peers, peer_pods) = if rule.peers.is_empty() {
-                    (Self::everything(), self.world.pods.clone())
+                let peers = if rule.peers.is_empty() {
+                    Self::everything()
                 } else {
                     let mut addresses = Addresses::default();
                     let mut pods = Vec::new();
@@ -500,15 +539,14 @@ impl<'w, 'a> Planner<'w, 'a> {
                     let pod_addresses = Self::addresses_of(&pods);
                     addresses.v4.extend(pod_addresses.v4);
                     addresses.v6.extend(pod_addresses.v6);
-                    (addresses, pods)
+                    addresses
                 };
                 np_rules.extend(self.rule(
                     dir,
                     RuleSpec {
-                        name: format!("np/{}/{}/{d}/{i}", np.namespace, np.name),
+                        name: format!("{}/{d}/{i}", set_prefix("np", &[&np.namespace, &np.name])),
                         subjects: subjects.clone(),
                         peers,
-                        peer_pods,
                         ports: &rule.ports,
                         verdict: "return".into(),
                     },
@@ -574,7 +612,12 @@ pub fn plan(world: &World<'_>, node_name: &str) -> Table {
         table: Table::new(Family::Inet, TABLE),
     };
     let local_addresses = Planner::addresses_of(&planner.local);
-    let mut entry = vec!["ct state established,related accept".to_string()];
+    // Neighbour discovery is not a connection (conntrack does not track it); without it an
+    // isolated pod loses all IPv6.
+    let mut entry = vec![
+        "ct state established,related accept".to_string(),
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255 accept".to_string(),
+    ];
     for (p, addr_type, suffix) in FAMILIES {
         planner.set(
             &format!("local-{suffix}"),

@@ -133,6 +133,25 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "named port on egress to an ipBlock resolves against the pods in it",
+            policies: "NP metadata: {name: out, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.1/16}}], ports: [{port: http}]}]",
+            flows: &[
+                ("a/z -> b/x tcp/80", Allow),
+                ("a/z -> b/y tcp/80", Deny),
+                ("a/z -> 198.51.100.9 tcp/80", Deny),
+            ],
+        },
+        Case {
+            name: "a policy name longer than nft names allows",
+            policies: "NP metadata: {name: deny-everything-into-namespace-a-because-the-team-said-so-and-this-name-is-long-on-purpose-to-be-longer-than-any-nft-name-may-be-which-is-two-hundred-and-fifty-five-bytes-so-it-goes-on-and-on-and-on-and-on-and-on-a, namespace: a}\nspec: {podSelector: {}}",
+            flows: &[("b/z -> a/x tcp/80", Deny), ("a/z -> b/x tcp/80", Allow)],
+        },
+        Case {
+            name: "a finished pod's address belongs to the pod that has it now",
+            policies: "apiVersion: v1\nkind: Pod\nmetadata: {name: done, namespace: c, labels: {app: web}}\nspec: {nodeName: node-1, containers: [{name: c}]}\nstatus: {phase: Succeeded, podIP: 10.0.2.1}\n---\nNP metadata: {name: deny, namespace: c}\nspec: {podSelector: {}}",
+            flows: &[("a/z -> b/x tcp/80", Allow), ("a/z -> c/x tcp/80", Deny)],
+        },
+        Case {
             name: "policies are additive",
             policies: "NP metadata: {name: one, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]\n---\nNP metadata: {name: two, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: green}}}]}]",
             flows: &[
