@@ -220,6 +220,55 @@ pub async fn run<P: Planner>(
     outcome
 }
 
+/// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
+pub const EXIT_NOINPUT: u8 = 66;
+
+/// Runs a daemon on a current-thread runtime until SIGTERM or SIGINT and maps the outcome to
+/// an exit code: 0 when stopped by a signal, [`EXIT_NOINPUT`] when `noinput` says the error
+/// is an unusable input, else 1. `name` prefixes the error line.
+pub fn main<F, Fut>(
+    name: &str,
+    daemon: F,
+    noinput: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> std::process::ExitCode
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> Fut,
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    use std::process::ExitCode;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        };
+        daemon(Box::pin(shutdown)).await
+    });
+    // A task still running (a conntrack cleanup) is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            ExitCode::from(if noinput(e.as_ref()) { EXIT_NOINPUT } else { 1 })
+        }
+    }
+}
+
 /// Checks that `nft` runs, for a clear error at start.
 pub fn nft_is_there() -> Result<(), String> {
     std::process::Command::new("nft")

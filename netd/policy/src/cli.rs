@@ -11,8 +11,7 @@ use crate::plan::{TABLE, plan};
 
 /// Exit code for a usage error (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
-/// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
-pub const EXIT_NOINPUT: u8 = 66;
+pub use netd_node::EXIT_NOINPUT;
 
 /// Network policy on this node: enforces NetworkPolicy, AdminNetworkPolicy and
 /// BaselineAdminNetworkPolicy for the pods scheduled here, with nftables.
@@ -189,38 +188,14 @@ pub fn main() -> ExitCode {
         }
     };
     netd_node::init_logging(&log_format);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("netd-policy: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        };
-        run(cfg, shutdown).await?;
-        Ok(())
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("netd-policy: error: {e}");
-            let noinput = matches!(e.downcast_ref(), Some(RunError::Source(_)));
-            ExitCode::from(if noinput { EXIT_NOINPUT } else { 1 })
-        }
-    }
+    netd_node::main(
+        "netd-policy",
+        |shutdown| async move {
+            run(cfg, shutdown).await?;
+            Ok(())
+        },
+        |e| matches!(e.downcast_ref(), Some(RunError::Source(_))),
+    )
 }
 
 #[cfg(test)]

@@ -78,14 +78,15 @@ pub struct World<'a> {
     nodes_by_name: BTreeMap<&'a str, &'a [IpAddr]>,
 }
 
+/// A direction of a pod's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
+pub(crate) enum Dir {
     Ingress,
     Egress,
 }
 
 impl Dir {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Dir::Ingress => "ingress",
             Dir::Egress => "egress",

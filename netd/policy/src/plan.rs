@@ -29,25 +29,10 @@ use discovery::policy::{AdminAction, AdminPeer, AdminRule, NetworkPolicyPeer, Po
 use ipnet::IpNet;
 use netd_nft::{Chain, Family, Hook, Set, Table};
 
-use crate::eval::{PodView, World, admin_peer_pod, np_peer_pod, np_selects, subject_matches};
+use crate::eval::{Dir, PodView, World, admin_peer_pod, np_peer_pod, np_selects, subject_matches};
 
 /// The table the policy daemon owns.
 pub const TABLE: &str = "netd-policy";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Ingress,
-    Egress,
-}
-
-impl Dir {
-    fn name(self) -> &'static str {
-        match self {
-            Dir::Ingress => "ingress",
-            Dir::Egress => "egress",
-        }
-    }
-}
 
 /// The two families: `ip` or `ip6`, the address type, and the set suffix.
 const FAMILIES: [(&str, &str, &str); 2] = [("ip", "ipv4_addr", "v4"), ("ip6", "ipv6_addr", "v6")];

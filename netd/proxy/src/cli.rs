@@ -13,8 +13,7 @@ use crate::daemon::{Config, StartError};
 
 /// Exit code for a usage error (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
-/// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
-pub const EXIT_NOINPUT: u8 = 66;
+pub use netd_node::EXIT_NOINPUT;
 
 /// The service proxy: load-balances Services over their endpoints with nftables, on this node.
 ///
@@ -189,39 +188,14 @@ pub fn main() -> ExitCode {
             "no --cluster-cidr: traffic to cluster IPs from outside the pod network is not masqueraded"
         );
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("netd-proxy: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result: Result<(), Box<dyn std::error::Error>> = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        };
-        crate::daemon::run(cfg, shutdown).await?;
-        Ok(())
-    });
-    // A conntrack cleanup still running is not waited for.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("netd-proxy: error: {e}");
-            let noinput = matches!(e.downcast_ref(), Some(StartError::Source(_)));
-            ExitCode::from(if noinput { EXIT_NOINPUT } else { 1 })
-        }
-    }
+    netd_node::main(
+        "netd-proxy",
+        |shutdown| async move {
+            crate::daemon::run(cfg, shutdown).await?;
+            Ok(())
+        },
+        |e| matches!(e.downcast_ref(), Some(StartError::Source(_))),
+    )
 }
 
 #[cfg(test)]
