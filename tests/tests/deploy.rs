@@ -372,38 +372,75 @@ fn the_configmap_holds_a_valid_config_mounted_where_the_flag_points() {
     );
 }
 
-#[test]
-fn netd_proxy_rbac_and_daemonset_match_the_binary() {
-    use clap::Parser as _;
+/// What every node daemon's manifests in `deploy/DIR` must say: RBAC for exactly `watched`,
+/// a DaemonSet on the host network under that service account, with the node name from the
+/// downward API, and a kustomization listing both files. Returns the pod spec and the
+/// container's command line (with the node name the downward API provides).
+fn node_daemon(
+    dir: &str,
+    binary: &str,
+    watched: &[(&str, &str)],
+) -> (k8s_openapi::api::core::v1::PodSpec, Vec<String>) {
     use k8s_openapi::api::apps::v1::DaemonSet;
 
-    let d = docs("netd-proxy/rbac.yaml");
+    let d = docs(&format!("{dir}/rbac.yaml"));
     let role: ClusterRole =
         serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
     assert_eq!(
         granted(&role),
-        pairs(&netd_proxy::cli::kube_options().watched_resources()),
-        "exactly what the proxy watches"
+        pairs(watched),
+        "{dir}: exactly what the daemon watches"
     );
-
-    let ds: DaemonSet =
-        serde_json::from_value(of_kind(&docs("netd-proxy/daemonset.yaml"), "DaemonSet"))
-            .expect("a DaemonSet");
-    let pod = ds.spec.template.spec.as_ref().expect("pod spec");
+    let ds: DaemonSet = serde_json::from_value(of_kind(
+        &docs(&format!("{dir}/daemonset.yaml")),
+        "DaemonSet",
+    ))
+    .expect("a DaemonSet");
+    let pod = ds.spec.template.spec.clone().expect("pod spec");
     let c = &pod.containers[0];
-    // The args parse, with the node name the downward API provides.
-    let mut argv = vec!["netd-proxy".to_string()];
+    let mut argv = vec![binary.to_string()];
     argv.extend(c.args.clone().expect("args"));
     argv.extend(["--node-name".to_string(), "node-a".to_string()]);
+    assert!(
+        c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
+        "{dir}: the node name comes from the downward API"
+    );
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        of_kind(&d, "ServiceAccount")["metadata"]["name"].as_str()
+    );
+    let k = &docs(&format!("{dir}/kustomization.yaml"))[0];
+    let listed: BTreeSet<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(listed, BTreeSet::from(["rbac.yaml", "daemonset.yaml"]));
+    (pod, argv)
+}
+
+#[test]
+fn netd_proxy_rbac_and_daemonset_match_the_binary() {
+    use clap::Parser as _;
+
+    let (pod, argv) = node_daemon(
+        "netd-proxy",
+        "netd-proxy",
+        &netd_proxy::cli::kube_options().watched_resources(),
+    );
+    let c = &pod.containers[0];
     let args = netd_proxy::cli::Args::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("the DaemonSet's args do not parse: {e}"));
     assert!(!args.cluster_cidrs.is_empty());
-    let env: BTreeSet<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
     assert!(
-        env.contains("NODE_NAME") && env.contains("NETD_PROXY_NODE_IPS"),
-        "{env:?}"
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "NETD_PROXY_NODE_IPS"),
+        "the node addresses come from the downward API"
     );
-    assert_eq!(pod.host_network, Some(true));
     // The liveness probe hits the proxy's health endpoint.
     let healthz = args.healthz_listen.0.expect("healthz on").port() as i32;
     let port = c
@@ -419,50 +456,17 @@ fn netd_proxy_rbac_and_daemonset_match_the_binary() {
         .and_then(|p| p.http_get.as_ref())
         .expect("httpGet liveness probe");
     assert_eq!(probe.path.as_deref(), Some("/livez"));
-    assert_eq!(
-        pod.service_account_name.as_deref(),
-        of_kind(&d, "ServiceAccount")["metadata"]["name"].as_str()
-    );
-    let k = &docs("netd-proxy/kustomization.yaml")[0];
-    let listed: BTreeSet<&str> = k["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(listed, BTreeSet::from(["rbac.yaml", "daemonset.yaml"]));
 }
 
 #[test]
 fn netd_policy_rbac_and_daemonset_match_the_binary() {
     use clap::Parser as _;
-    use k8s_openapi::api::apps::v1::DaemonSet;
 
-    let d = docs("netd-policy/rbac.yaml");
-    let role: ClusterRole =
-        serde_json::from_value(of_kind(&d, "ClusterRole")).expect("a ClusterRole");
-    assert_eq!(
-        granted(&role),
-        pairs(&netd_policy::cli::kube_options().watched_resources()),
-        "exactly what the policy daemon watches"
+    let (_, argv) = node_daemon(
+        "netd-policy",
+        "netd-policy",
+        &netd_policy::cli::kube_options().watched_resources(),
     );
-    let ds: DaemonSet =
-        serde_json::from_value(of_kind(&docs("netd-policy/daemonset.yaml"), "DaemonSet"))
-            .expect("a DaemonSet");
-    let pod = ds.spec.template.spec.as_ref().expect("pod spec");
-    let c = &pod.containers[0];
-    let mut argv = vec!["netd-policy".to_string()];
-    argv.extend(c.args.clone().expect("args"));
-    argv.extend(["--node-name".to_string(), "node-a".to_string()]);
     netd_policy::cli::Args::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("the DaemonSet's args do not parse: {e}"));
-    assert!(
-        c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
-        "the node name comes from the downward API"
-    );
-    assert_eq!(pod.host_network, Some(true));
-    assert_eq!(
-        pod.service_account_name.as_deref(),
-        of_kind(&d, "ServiceAccount")["metadata"]["name"].as_str()
-    );
 }

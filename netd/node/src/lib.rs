@@ -220,8 +220,23 @@ pub async fn run<P: Planner>(
     outcome
 }
 
+/// Exit code for a usage error (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 /// Exit code for an unusable input such as a missing manifests directory (EX_NOINPUT).
 pub const EXIT_NOINPUT: u8 = 66;
+
+/// Parses the command line; on `--help` or `--version` prints and exits 0, on an error prints
+/// it and exits [`EXIT_USAGE`] (as the `Err` exit code).
+pub fn parse_args<A: clap::Parser>() -> Result<A, std::process::ExitCode> {
+    A::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_USAGE)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
 
 /// Runs a daemon on a current-thread runtime until SIGTERM or SIGINT and maps the outcome to
 /// an exit code: 0 when stopped by a signal, [`EXIT_NOINPUT`] when `noinput` says the error

@@ -8,7 +8,6 @@
 //! `cargo bench -p netd-policy --bench sync [-- N...]` (default 1000).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use discovery::{ClusterSnapshot, Fields, ObjectStore};
@@ -22,20 +21,10 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
-    let root =
-        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    if !root {
-        eprintln!("SKIP: needs root, ip and nft");
+    if !netd_testnet::can_run(&[]) {
         return;
     }
-    let ns = format!("policybench{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip")
-            .success()
-    );
+    let ns = netd_testnet::Ns::new("policybench");
     println!(
         "{:>6} {:>9} {:>6} {:>6} {:>9} {:>9} {:>10} {:>15} {:>15} {:>17}",
         "pods",
@@ -53,7 +42,7 @@ fn main() {
         let base = manifests(n, &Changes::default());
         let (table, plan_time) = planned(&base);
         let counts = table.counts();
-        let full = apply(&ns, &netd_nft::render(&table).expect("render"));
+        let full = apply(&ns.name, &netd_nft::render(&table).expect("render"));
         let mut updates = Vec::new();
         for change in [
             Changes {
@@ -73,10 +62,10 @@ fn main() {
             let (next, _) = planned(&manifests(n, &change));
             let script = netd_nft::diff(&table, &next).expect("diff");
             let computed = started.elapsed();
-            let took = computed + apply(&ns, &script);
+            let took = computed + apply(&ns.name, &script);
             updates.push(format!("{} ({} lines)", ms(took), script.lines().count()));
             // Back to the base for the next change.
-            apply(&ns, &netd_nft::diff(&next, &table).expect("diff"));
+            apply(&ns.name, &netd_nft::diff(&next, &table).expect("diff"));
         }
         println!(
             "{:>6} {:>9} {:>6} {:>6} {:>9} {:>9} {:>10} {:>15} {:>15} {:>17}",
@@ -92,7 +81,6 @@ fn main() {
             updates[2]
         );
     }
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
 }
 
 #[derive(Default)]

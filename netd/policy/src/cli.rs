@@ -9,9 +9,8 @@ use clap::Parser;
 use crate::eval::World;
 use crate::plan::{TABLE, plan};
 
-/// Exit code for a usage error (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
 pub use netd_node::EXIT_NOINPUT;
+pub use netd_node::EXIT_USAGE;
 
 /// Network policy on this node: enforces NetworkPolicy, AdminNetworkPolicy and
 /// BaselineAdminNetworkPolicy for the pods scheduled here, with nftables.
@@ -168,16 +167,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
 /// Parses the command line, runs until SIGTERM or SIGINT, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match netd_node::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let log_format = args.log_format.clone();
     let cfg = match args.into_config() {

@@ -162,11 +162,6 @@ impl<'a> World<'a> {
         self.pods_by_ip.get(&ip).copied()
     }
 
-    /// Every pod policies can select.
-    pub fn pods(&self) -> &[PodView<'a>] {
-        &self.pods
-    }
-
     /// What the policies say about `flow`.
     pub fn decide(&self, flow: &Flow) -> Decision {
         let src = self.pod(flow.src);

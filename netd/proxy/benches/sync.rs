@@ -1,11 +1,10 @@
 //! Full sync and one-service update on the real nft, in a network namespace of its own (root,
-//! iproute2, nftables): the planner's table for N services with 10 endpoints each, applied in
+//! iproute2, nftables; otherwise it says SKIP): the planner's table for N services with 10 endpoints each, applied in
 //! full, then one service changed and applied as a diff, against the naive way of applying the
 //! whole table again. Prints rule and element counts.
 //!
 //! `cargo bench -p netd-proxy --bench sync [-- N...]` (default 1000 10000).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netd_nft::{Applier, Nft};
@@ -21,20 +20,10 @@ fn main() {
     } else {
         sizes
     };
-    let root =
-        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    if !root {
-        eprintln!("SKIP: needs root, ip and nft");
+    if !netd_testnet::can_run(&[]) {
         return;
     }
-    let ns = format!("proxybench{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip")
-            .success()
-    );
+    let ns = netd_testnet::Ns::new("proxybench");
     let node = Node {
         ips: vec!["192.0.2.1".parse().expect("ip")],
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
@@ -58,7 +47,7 @@ fn main() {
         let planned = started.elapsed();
         let counts = table.counts();
         let full = netd_nft::render(&table).expect("render");
-        let full_time = apply(&ns, &full);
+        let full_time = apply(&ns.name, &full);
         // One service gains an endpoint: plan again, diff, apply.
         let mut changed = services.clone();
         changed[(n / 2) as usize]
@@ -68,10 +57,10 @@ fn main() {
         let new_table = plan(&node, &changed);
         let script = netd_nft::diff(&table, &new_table).expect("diff");
         let computed = started.elapsed();
-        let update_time = computed + apply(&ns, &script);
+        let update_time = computed + apply(&ns.name, &script);
         // The naive way: the whole table again.
         let naive = netd_nft::render(&new_table).expect("render");
-        let naive_time = apply(&ns, &naive);
+        let naive_time = apply(&ns.name, &naive);
         println!(
             "{:>8} {:>8} {:>8} {:>9} {:>12} {:>12} {:>14} {:>12} {:>14}",
             n,
@@ -85,7 +74,6 @@ fn main() {
             ms(naive_time)
         );
     }
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
 }
 
 fn endpoint(i: u32, j: u32, local: bool) -> Endpoint {

@@ -11,9 +11,8 @@ use ipnet::IpNet;
 use crate::Node;
 use crate::daemon::{Config, StartError};
 
-/// Exit code for a usage error (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
 pub use netd_node::EXIT_NOINPUT;
+pub use netd_node::EXIT_USAGE;
 
 /// The service proxy: load-balances Services over their endpoints with nftables, on this node.
 ///
@@ -160,16 +159,9 @@ pub fn kube_options() -> discovery::kubernetes::KubeOptions {
 /// Parses the command line, runs the daemon until SIGTERM or SIGINT, and maps the outcome to an
 /// exit code.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match netd_node::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let log_format = args.log_format.clone();
     let cfg = match args.into_config() {
